@@ -1,0 +1,43 @@
+# One command to serve the site, one to test it; both set up .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run test lint format migrations-check ci clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --editable '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: export DJANGO_DEBUG ?= 1
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py interrupt_stale_replies --older-than 0
+	$(BIN)/python manage.py ensure_demo_user
+	$(BIN)/uvicorn chatsite.asgi:application --host $(HOST) --port $(PORT) --lifespan off
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+migrations-check: install
+	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
+
+test: install lint migrations-check
+	$(BIN)/pytest
+
+ci: test
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

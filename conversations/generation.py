@@ -1,0 +1,192 @@
+"""One assistant reply in flight, from the first upstream call to its single finalisation.
+
+The producing side (a task iterating the provider) and the writing side (whoever calls
+``take``) are separate, so a reply can later outlive or be stopped apart from one HTTP response.
+Nothing here runs a timer per token: keep-alives and the time limit are one timer each per reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+
+from .models import Message
+from .providers import ChatMessage, ChatProvider, ProviderError, StreamOutcome, get_provider
+from .services import ChatRequest, message_afinalize, reply_aopen
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last item of every reply."""
+
+    status: str
+    error_code: str = ""
+    error_message: str = ""
+
+
+CANCELLED = Finished(Message.Status.CANCELLED)
+TIMED_OUT = Finished(
+    Message.Status.ERROR, "stream_timeout", "The reply took too long and was stopped."
+)
+INTERRUPTED = Finished(
+    Message.Status.INTERRUPTED, "interrupted", "The server stopped before this reply finished."
+)
+INTERNAL_ERROR = Finished(
+    Message.Status.ERROR, "internal_error", "The reply failed because of an error on the server."
+)
+
+
+class Generation:
+    def __init__(
+        self,
+        *,
+        provider: ChatProvider,
+        prompt: Sequence[ChatMessage],
+        conversation_id: int,
+        message_id: int,
+        keepalive_seconds: float,
+        max_seconds: float,
+    ) -> None:
+        self.provider = provider
+        self.prompt = prompt
+        self.conversation_id = conversation_id
+        self.message_id = message_id
+        self.keepalive_seconds = keepalive_seconds
+        self.max_seconds = max_seconds
+        self._items: list[str | Finished] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._last_take = 0.0
+        self._stop_reason: str | None = None
+        self._finalising = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_take = loop.time()
+        self._task = loop.create_task(self._produce(), name=f"reply-{self.message_id}")
+        self._timers = [loop.call_later(self.max_seconds, self.stop, "timeout")]
+        if self.keepalive_seconds > 0:
+            self._timers.append(loop.call_later(self.keepalive_seconds, self._keepalive_tick))
+
+    async def take(self) -> list[str | Finished]:
+        """All items produced since the last call; an empty list means: send a keep-alive."""
+        if not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self._items = self._items, []
+        self._last_take = asyncio.get_running_loop().time()
+        return items
+
+    def stop(self, reason: str = "cancelled") -> None:
+        """Stop producing: the upstream request is closed and the partial reply saved."""
+        if self._task is None or self._task.done() or self._finalising or self._stop_reason:
+            return
+        self._stop_reason = reason
+        self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop if still running and wait until the reply is saved."""
+        self.stop()
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    def _put(self, item: str | Finished) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _keepalive_tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._last_take
+        if idle >= self.keepalive_seconds * 0.99:
+            self._wake()
+            idle = 0.0
+        self._timers[1] = loop.call_later(self.keepalive_seconds - idle, self._keepalive_tick)
+
+    async def _produce(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first_token_at: float | None = None
+        parts: list[str] = []
+        outcome = StreamOutcome()
+        finished = Finished(Message.Status.COMPLETE)
+        try:
+            async with aclosing(self.provider.stream(self.prompt, outcome)) as deltas:
+                async for delta in deltas:
+                    if first_token_at is None:
+                        first_token_at = loop.time()
+                    parts.append(delta)
+                    self._put(delta)
+        except ProviderError as exc:
+            finished = Finished(Message.Status.ERROR, exc.code, exc.message)
+        except asyncio.CancelledError:
+            finished = {None: INTERRUPTED, "timeout": TIMED_OUT}.get(self._stop_reason, CANCELLED)
+            if self._stop_reason is None:
+                raise
+        except Exception:
+            logger.exception("reply %s failed", self.message_id)
+            finished = INTERNAL_ERROR
+        finally:
+            self._finalising = True
+            for timer in self._timers:
+                timer.cancel()
+            ended = loop.time()
+            await message_afinalize(
+                message_id=self.message_id,
+                status=finished.status,
+                content="".join(parts),
+                ttft_ms=_ms(first_token_at - started) if first_token_at is not None else None,
+                duration_ms=_ms(ended - started),
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                finish_reason=outcome.finish_reason,
+                error_code=finished.error_code,
+                error_message=finished.error_message,
+            )
+            logger.info(
+                "reply %s %s: %d deltas in %.0f ms",
+                self.message_id,
+                finished.status,
+                len(parts),
+                (ended - started) * 1000,
+            )
+            self._put(finished)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+async def generation_aopen(*, user: AbstractBaseUser, chat_request: ChatRequest) -> Generation:
+    """Save the user's message, open the assistant's, and return the reply ready to start."""
+    provider = get_provider()
+    opened = await reply_aopen(
+        user=user,
+        chat_request=chat_request,
+        model=provider.model,
+        default_system_prompt=settings.CHAT_SYSTEM_PROMPT,
+    )
+    return Generation(
+        provider=provider,
+        prompt=opened.prompt,
+        conversation_id=opened.conversation.pk,
+        message_id=opened.assistant_message.pk,
+        keepalive_seconds=settings.CHAT_KEEPALIVE_SECONDS,
+        max_seconds=settings.CHAT_STREAM_MAX_SECONDS,
+    )

@@ -1,0 +1,151 @@
+"""Business logic on conversations and messages: plain functions that views and tests call."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from .errors import ApiError
+from .models import Conversation, Message
+from .providers import ChatMessage
+
+logger = logging.getLogger(__name__)
+
+TITLE_LENGTH = 80
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated request for one reply."""
+
+    message: str
+    conversation_id: int | None = None
+    system_prompt: str | None = None
+    history: list[ChatMessage] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OpenedReply:
+    """A reply about to stream: the saved rows and the prompt to send upstream."""
+
+    conversation: Conversation
+    user_message: Message
+    assistant_message: Message
+    prompt: list[ChatMessage]
+
+
+def conversation_title_from(text: str) -> str:
+    first_line = " ".join(text.split())
+    if len(first_line) <= TITLE_LENGTH:
+        return first_line
+    return first_line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def prompt_for_conversation(conversation: Conversation) -> list[ChatMessage]:
+    """The saved transcript as a prompt: system prompt first, then every non-empty turn in order."""
+    prompt: list[ChatMessage] = []
+    if conversation.system_prompt:
+        prompt.append({"role": "system", "content": conversation.system_prompt})
+    turns = conversation.messages.exclude(content="").values_list("role", "content")
+    prompt.extend({"role": role, "content": content} for role, content in turns)
+    return prompt
+
+
+def reply_open(
+    *, user: AbstractBaseUser, chat_request: ChatRequest, model: str, default_system_prompt: str
+) -> OpenedReply:
+    """Save the user's message and open the assistant's in one transaction, before going upstream.
+
+    For a stored conversation the saved transcript is the prompt and client history is ignored;
+    a new conversation starts from the client's history (saved too, so the transcript is whole).
+    """
+    with transaction.atomic():
+        if chat_request.conversation_id is not None:
+            conversation = (
+                Conversation.objects.select_for_update()
+                .filter(pk=chat_request.conversation_id, owner=user)
+                .first()
+            )
+            if conversation is None:
+                raise ApiError(404, "conversation_not_found", "No such conversation.")
+        else:
+            system_prompt = chat_request.system_prompt
+            conversation = Conversation.objects.create(
+                owner=user,
+                title=conversation_title_from(chat_request.message),
+                system_prompt=default_system_prompt if system_prompt is None else system_prompt,
+                model=model,
+            )
+            Message.objects.bulk_create(
+                Message(conversation=conversation, role=item["role"], content=item["content"])
+                for item in chat_request.history
+            )
+        user_message = Message.objects.create(
+            conversation=conversation, role=Message.Role.USER, content=chat_request.message
+        )
+        prompt = prompt_for_conversation(conversation)
+        assistant_message = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            model=model,
+        )
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    return OpenedReply(conversation, user_message, assistant_message, prompt)
+
+
+reply_aopen = sync_to_async(reply_open)
+
+
+def message_finalize(
+    *,
+    message_id: int,
+    status: str,
+    content: str,
+    ttft_ms: int | None = None,
+    duration_ms: int | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    finish_reason: str = "",
+    error_code: str = "",
+    error_message: str = "",
+) -> bool:
+    """Close a streaming reply exactly once; returns False if something else already closed it."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+            status=status,
+            content=content,
+            finished_at=now,
+            ttft_ms=ttft_ms,
+            duration_ms=duration_ms,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
+            error_code=error_code,
+            error_message=error_message,
+        )
+        Conversation.objects.filter(messages__pk=message_id).update(updated_at=now)
+    if not updated:
+        logger.warning("reply %s was already finalised; status %s not saved", message_id, status)
+    return bool(updated)
+
+
+message_afinalize = sync_to_async(message_finalize)
+
+
+def messages_interrupt_stale(*, older_than: timedelta) -> int:
+    """Mark replies left ``streaming`` by a process that died as ``interrupted``."""
+    cutoff = timezone.now() - older_than
+    return Message.objects.filter(status=Message.Status.STREAMING, created_at__lt=cutoff).update(
+        status=Message.Status.INTERRUPTED,
+        finished_at=timezone.now(),
+        error_code="interrupted",
+        error_message="The server stopped before this reply finished.",
+    )

@@ -1,0 +1,204 @@
+"""Shared fixtures: the fake upstream, the site served by uvicorn on loopback, users and clients.
+
+The site runs in its own process against the test database, exactly as in production but for
+the upstream's address; tests talk to it over real HTTP and read what it saved from the database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client as DjangoClient
+from django.utils.crypto import get_random_string
+
+from tests.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_KEY = "sk-test-upstream-key-7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url_for(settings_dict: dict) -> str:
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    credentials = settings_dict["USER"]
+    if settings_dict["PASSWORD"]:
+        credentials += f":{settings_dict['PASSWORD']}"
+    host = settings_dict["HOST"] or "127.0.0.1"
+    port = settings_dict["PORT"] or "5432"
+    return f"postgres://{credentials}@{host}:{port}/{settings_dict['NAME']}"
+
+
+class LiveServer:
+    """uvicorn serving chatsite in a child process, with its log kept for assertions."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "chatsite.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--lifespan",
+                "off",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_until_ready()
+
+    def _wait_until_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited early:\n{self.log()}")
+            try:
+                httpx.get(f"{self.url}/accounts/login/", timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"uvicorn did not start in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(api_key=UPSTREAM_KEY)
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def server_env(django_db_setup, django_db_blocker) -> dict[str, str]:
+    """The environment of a production-like server process on the test database."""
+    from django.db import connection
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECURE_COOKIES": "0",
+        "DATABASE_URL": database_url_for(connection.settings_dict),
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "OPENAI_MAX_RETRIES": "0",
+        "OPENAI_TIMEOUT_SECONDS": "10",
+        "CHAT_MODEL": "fake-model",
+        "CHAT_KEEPALIVE_SECONDS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def start_server(server_env, tmp_path_factory) -> Iterator:
+    """Start extra servers with their own settings; all are stopped at the end of the session."""
+    servers: list[LiveServer] = []
+
+    def start(name: str, **overrides: str) -> LiveServer:
+        log_path = tmp_path_factory.mktemp("logs") / f"{name}.log"
+        server = LiveServer({**server_env, **overrides}, log_path)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server_process(start_server, fake_upstream) -> LiveServer:
+    """The site on the openai provider, talking to the fake upstream."""
+    return start_server("openai", CHAT_PROVIDER="openai", OPENAI_BASE_URL=fake_upstream.base_url)
+
+
+@pytest.fixture
+def server(live_server_process, transactional_db) -> LiveServer:
+    return live_server_process
+
+
+@pytest.fixture
+def make_user(transactional_db):
+    def make(username: str = "alice", **fields):
+        user = get_user_model()(username=username, **fields)
+        user.set_unusable_password()
+        user.save()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def user(make_user):
+    return make_user("alice")
+
+
+def session_client(base_url: str, user) -> httpx.Client:
+    """An HTTP client signed in as ``user`` with a session cookie and a CSRF token."""
+    django_client = DjangoClient()
+    django_client.force_login(user)
+    csrf_token = get_random_string(32)
+    client = httpx.Client(
+        base_url=base_url,
+        headers={"X-CSRFToken": csrf_token},
+        timeout=httpx.Timeout(15.0),
+    )
+    client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+    client.cookies.set("csrftoken", csrf_token)
+    return client
+
+
+@pytest.fixture
+def client_for(server):
+    clients: list[httpx.Client] = []
+
+    def make(user) -> httpx.Client:
+        client = session_client(server.url, user)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(client_for, user) -> httpx.Client:
+    return client_for(user)

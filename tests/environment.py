@@ -1,0 +1,12 @@
+"""Loaded first (``-p tests.environment``): the test process's own settings environment.
+
+The served site inherits this environment plus production-like overrides (``server_env`` in
+conftest); both share one random secret key so a session made here is valid there.
+"""
+
+import os
+import secrets
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+os.environ.setdefault("DJANGO_DEBUG", "1")
+os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))

@@ -1,0 +1,319 @@
+"""Every way a stream can fail: the client leaves, the upstream fails, the input is wrong."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conversations.models import Conversation, Message
+from tests.conftest import UPSTREAM_KEY, free_port, session_client
+from tests.sse import content_frames, iter_frames
+from tests.test_stream_persistence import wait_for_status
+
+LONG_REPLY = [f"w{i} " for i in range(1000)]
+
+
+def wait_until(predicate, timeout: float = 5.0, step: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def assert_no_errors_logged(log: str) -> None:
+    assert "Traceback" not in log
+    assert " ERROR " not in log
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_client_disconnect_closes_upstream_and_saves_partial_reply_as_cancelled(
+    server, client, fake_upstream, method
+):
+    trigger = f"leave early {method}"
+    fake_upstream.script(trigger, tokens=LONG_REPLY, interval=0.02)
+    log_start = len(server.log())
+    request = (
+        client.build_request("GET", "/api/chat/stream", params={"message": trigger})
+        if method == "GET"
+        else client.build_request("POST", "/api/chat/stream", json={"message": trigger})
+    )
+
+    response = client.send(request, stream=True)
+    message_id = int(response.headers["x-message-id"])
+    received = []
+    for frame in iter_frames(response):
+        if not frame.is_comment:
+            received.append(frame)
+        if len(received) == 5:
+            break
+    response.close()
+    closed_at = time.monotonic()
+
+    upstream = fake_upstream.wait_for_request(trigger)
+    wait_until(lambda: upstream.aborted, timeout=3)
+    assert upstream.aborted_at - closed_at < 1.0
+    reply = wait_for_status(message_id)
+    assert reply.status == "cancelled"
+    full_text = "".join(LONG_REPLY)
+    assert reply.content.startswith("w0 w1 w2 w3 w4 ")
+    assert full_text.startswith(reply.content)
+    assert len(reply.content) < len(full_text)
+    assert reply.finished_at is not None
+    time.sleep(0.2)
+    assert_no_errors_logged(server.log()[log_start:])
+
+
+def test_upstream_cut_mid_stream_sends_error_frame_and_keeps_partial_text(client, fake_upstream):
+    fake_upstream.script("cut off", tokens=["one ", "two ", "three ", "four"], cut_after=3)
+
+    with client.stream("POST", "/api/chat/stream", json={"message": "cut off"}) as response:
+        frames = content_frames(list(iter_frames(response)))
+        message_id = int(response.headers["x-message-id"])
+
+    assert [f.json()["token"] for f in frames[:3]] == ["one ", "two ", "three "]
+    error = frames[-1]
+    assert error.event == "error"
+    assert error.json()["code"] == "upstream_interrupted"
+    assert error.json()["message"]
+    assert len(frames) == 4
+    reply = Message.objects.get(pk=message_id)
+    assert reply.status == "error"
+    assert reply.content == "one two three "
+    assert reply.error_code == "upstream_interrupted"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (401, "upstream_auth"),
+        (403, "upstream_auth"),
+        (429, "upstream_rate_limited"),
+        (400, "upstream_rejected"),
+        (500, "upstream_error"),
+        (503, "upstream_error"),
+    ],
+)
+def test_upstream_error_status_becomes_error_frame_without_leaking_details(
+    server, client, fake_upstream, status, code
+):
+    trigger = f"fail with {status}"
+    fake_upstream.script(
+        trigger,
+        status=status,
+        error_body={"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}"}},
+    )
+    log_start = len(server.log())
+
+    with client.stream("GET", "/api/chat/stream", params={"message": trigger}) as response:
+        assert response.status_code == 200
+        frames = content_frames(list(iter_frames(response)))
+        message_id = int(response.headers["x-message-id"])
+
+    assert len(frames) == 1
+    assert frames[0].event == "error"
+    assert frames[0].json()["code"] == code
+    body = frames[0].raw
+    assert UPSTREAM_KEY not in body and "Incorrect API key" not in body
+    assert "Traceback" not in body
+    reply = Message.objects.get(pk=message_id)
+    assert (reply.status, reply.error_code, reply.content) == ("error", code, "")
+    log = server.log()[log_start:]
+    assert f"status={status}" in log
+    assert "Traceback" not in log
+
+
+def test_unreachable_upstream_is_reported_as_an_error_frame(start_server, make_user):
+    closed_port = free_port()
+    server = start_server(
+        "unreachable",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=f"http://127.0.0.1:{closed_port}/v1",
+    )
+    with session_client(server.url, make_user("carol")) as client:
+        response = client.post("/api/chat/stream", json={"message": "anyone there?"})
+
+    frames = content_frames(list(iter_frames_from_body(response.content)))
+    assert frames[-1].event == "error"
+    assert frames[-1].json()["code"] == "upstream_unavailable"
+    reply = Message.objects.get(pk=response.headers["x-message-id"])
+    assert reply.status == "error"
+
+
+def test_reply_over_the_time_limit_is_stopped_and_saved(start_server, make_user, fake_upstream):
+    server = start_server(
+        "time-limit",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_STREAM_MAX_SECONDS="1",
+    )
+    fake_upstream.script("never ending", tokens=LONG_REPLY, interval=0.05)
+    with session_client(server.url, make_user("dave")) as client:
+        started = time.monotonic()
+        response = client.post("/api/chat/stream", json={"message": "never ending"})
+        elapsed = time.monotonic() - started
+
+    frames = content_frames(list(iter_frames_from_body(response.content)))
+    assert frames[-1].event == "error"
+    assert frames[-1].json()["code"] == "stream_timeout"
+    assert 2 <= len(frames) < 100
+    assert elapsed < 5
+    reply = Message.objects.get(pk=response.headers["x-message-id"])
+    assert reply.status == "error"
+    assert reply.content.startswith("w0 w1 ")
+    assert wait_until(lambda: fake_upstream.requests_for("never ending")[-1].aborted)
+
+
+def iter_frames_from_body(body: bytes):
+    from tests.sse import parse_frame
+
+    text = body.decode()
+    assert text.endswith("\n\n")
+    return [parse_frame(raw) for raw in text[:-2].split("\n\n")]
+
+
+BAD_POSTS = [
+    ("malformed json", b"{not json", "application/json", 400, "malformed_json"),
+    ("not an object", b"[1, 2]", "application/json", 400, "invalid_request"),
+    ("missing message", b'{"history": []}', "application/json", 400, "missing_message"),
+    ("empty message", b'{"message": "   "}', "application/json", 400, "missing_message"),
+    ("message not a string", b'{"message": 42}', "application/json", 400, "invalid_request"),
+    (
+        "history not a list",
+        b'{"message": "x", "history": "no"}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    (
+        "history system role",
+        b'{"message": "x", "history": [{"role": "system", "content": "y"}]}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    (
+        "history content not text",
+        b'{"message": "x", "history": [{"role": "user", "content": 1}]}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    (
+        "system prompt not text",
+        b'{"message": "x", "system_prompt": ["y"]}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    (
+        "conversation id text",
+        b'{"message": "x", "conversation_id": "7"}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    (
+        "conversation id bool",
+        b'{"message": "x", "conversation_id": true}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    (
+        "unknown conversation",
+        b'{"message": "x", "conversation_id": 999999}',
+        "application/json",
+        404,
+        "conversation_not_found",
+    ),
+    ("not json", b"message=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ("no content type", b'{"message": "x"}', "", 415, "unsupported_media_type"),
+    (
+        "body too large",
+        b'{"message": "' + b"x" * 300_000 + b'"}',
+        "application/json",
+        413,
+        "body_too_large",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [case[1:] for case in BAD_POSTS],
+    ids=[case[0] for case in BAD_POSTS],
+)
+def test_bad_post_gets_status_and_json_error(
+    server, client, user, body, content_type, status, code
+):
+    headers = {"Content-Type": content_type} if content_type else {}
+
+    response = client.post("/api/chat/stream", content=body, headers=headers)
+
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert not Conversation.objects.filter(owner=user).exists()
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({}, 400, "missing_message"),
+        ({"message": ""}, 400, "missing_message"),
+        ({"message": "x", "conversation_id": "abc"}, 400, "invalid_request"),
+        ({"message": "x", "conversation_id": "424242"}, 404, "conversation_not_found"),
+    ],
+)
+def test_bad_get_gets_status_and_json_error(client, params, status, code):
+    response = client.get("/api/chat/stream", params=params)
+
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_wrong_method_gets_405_json(client, method):
+    response = client.request(method, "/api/chat/stream")
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_anonymous_caller_gets_401_json(server, fake_upstream):
+    response = server_get(server, "/api/chat/stream?message=hi")
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["error"]["code"] == "not_authenticated"
+    assert fake_upstream.requests_for("hi") == []
+
+
+def test_session_post_without_csrf_token_is_refused(server, client):
+    response = client.post(
+        "/api/chat/stream", json={"message": "no csrf"}, headers={"X-CSRFToken": "wrong" * 8}
+    )
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "csrf_failed"
+
+
+def test_unknown_api_path_gets_json_404(server):
+    response = server_get(server, "/api/nope")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def server_get(server, path: str):
+    import httpx
+
+    return httpx.get(server.url + path)
