@@ -64,7 +64,8 @@ class Generation:
         self._items: list[str | Finished] = []
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._timers: list[asyncio.TimerHandle] = []
+        self._deadline: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
         self._last_take = 0.0
         self._stop_reason: str | None = None
         self._finalising = False
@@ -73,9 +74,9 @@ class Generation:
         loop = asyncio.get_running_loop()
         self._last_take = loop.time()
         self._task = loop.create_task(self._produce(), name=f"reply-{self.message_id}")
-        self._timers = [loop.call_later(self.max_seconds, self.stop, "timeout")]
+        self._deadline = loop.call_later(self.max_seconds, self.stop, "timeout")
         if self.keepalive_seconds > 0:
-            self._timers.append(loop.call_later(self.keepalive_seconds, self._keepalive_tick))
+            self._keepalive = loop.call_later(self.keepalive_seconds, self._keepalive_tick)
 
     async def take(self) -> list[str | Finished]:
         """All items produced since the last call; an empty list means: send a keep-alive."""
@@ -117,7 +118,7 @@ class Generation:
         if idle >= self.keepalive_seconds * 0.99:
             self._wake()
             idle = 0.0
-        self._timers[1] = loop.call_later(self.keepalive_seconds - idle, self._keepalive_tick)
+        self._keepalive = loop.call_later(self.keepalive_seconds - idle, self._keepalive_tick)
 
     async def _produce(self) -> None:
         loop = asyncio.get_running_loop()
@@ -144,8 +145,9 @@ class Generation:
             finished = INTERNAL_ERROR
         finally:
             self._finalising = True
-            for timer in self._timers:
-                timer.cancel()
+            for timer in (self._deadline, self._keepalive):
+                if timer is not None:
+                    timer.cancel()
             ended = loop.time()
             await message_afinalize(
                 message_id=self.message_id,

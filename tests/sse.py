@@ -57,3 +57,10 @@ def iter_frames(response: httpx.Response) -> Iterator[Frame]:
 
 def content_frames(frames: list[Frame]) -> list[Frame]:
     return [frame for frame in frames if not frame.is_comment]
+
+
+def parse_body(body: bytes) -> list[Frame]:
+    """The frames of a complete response body, which must end with a whole frame."""
+    text = body.decode("utf-8")
+    assert text.endswith("\n\n"), f"the body does not end with a whole frame: {text[-80:]!r}"
+    return [parse_frame(raw) for raw in text[:-2].split("\n\n")]

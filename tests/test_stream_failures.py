@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from conversations.models import Conversation, Message
 from tests.conftest import UPSTREAM_KEY, free_port, session_client
-from tests.sse import content_frames, iter_frames
+from tests.sse import content_frames, iter_frames, parse_body
 from tests.test_stream_persistence import wait_for_status
 
 LONG_REPLY = [f"w{i} " for i in range(1000)]
@@ -136,11 +137,36 @@ def test_unreachable_upstream_is_reported_as_an_error_frame(start_server, make_u
     with session_client(server.url, make_user("carol")) as client:
         response = client.post("/api/chat/stream", json={"message": "anyone there?"})
 
-    frames = content_frames(list(iter_frames_from_body(response.content)))
+    frames = content_frames(list(parse_body(response.content)))
     assert frames[-1].event == "error"
     assert frames[-1].json()["code"] == "upstream_unavailable"
     reply = Message.objects.get(pk=response.headers["x-message-id"])
     assert reply.status == "error"
+
+
+def test_upstream_that_stops_answering_times_out_with_an_error_frame(
+    start_server, make_user, fake_upstream
+):
+    server = start_server(
+        "short-upstream-timeout",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        OPENAI_TIMEOUT_SECONDS="0.5",
+    )
+    fake_upstream.script("stalls", tokens=["first ", "never"], interval=3)
+    with session_client(server.url, make_user("gina")) as client:
+        response = client.post("/api/chat/stream", json={"message": "stalls"})
+
+    frames = content_frames(parse_body(response.content))
+    assert frames[0].json()["token"] == "first "
+    assert frames[-1].event == "error"
+    assert frames[-1].json()["code"] == "upstream_timeout"
+    reply = Message.objects.get(pk=response.headers["x-message-id"])
+    assert (reply.status, reply.content, reply.error_code) == (
+        "error",
+        "first ",
+        "upstream_timeout",
+    )
 
 
 def test_reply_over_the_time_limit_is_stopped_and_saved(start_server, make_user, fake_upstream):
@@ -156,7 +182,7 @@ def test_reply_over_the_time_limit_is_stopped_and_saved(start_server, make_user,
         response = client.post("/api/chat/stream", json={"message": "never ending"})
         elapsed = time.monotonic() - started
 
-    frames = content_frames(list(iter_frames_from_body(response.content)))
+    frames = content_frames(list(parse_body(response.content)))
     assert frames[-1].event == "error"
     assert frames[-1].json()["code"] == "stream_timeout"
     assert 2 <= len(frames) < 100
@@ -165,14 +191,6 @@ def test_reply_over_the_time_limit_is_stopped_and_saved(start_server, make_user,
     assert reply.status == "error"
     assert reply.content.startswith("w0 w1 ")
     assert wait_until(lambda: fake_upstream.requests_for("never ending")[-1].aborted)
-
-
-def iter_frames_from_body(body: bytes):
-    from tests.sse import parse_frame
-
-    text = body.decode()
-    assert text.endswith("\n\n")
-    return [parse_frame(raw) for raw in text[:-2].split("\n\n")]
 
 
 BAD_POSTS = [
@@ -289,7 +307,7 @@ def test_wrong_method_gets_405_json(client, method):
 
 
 def test_anonymous_caller_gets_401_json(server, fake_upstream):
-    response = server_get(server, "/api/chat/stream?message=hi")
+    response = httpx.get(f"{server.url}/api/chat/stream?message=hi")
 
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
@@ -307,13 +325,7 @@ def test_session_post_without_csrf_token_is_refused(server, client):
 
 
 def test_unknown_api_path_gets_json_404(server):
-    response = server_get(server, "/api/nope")
+    response = httpx.get(f"{server.url}/api/nope")
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
-
-
-def server_get(server, path: str):
-    import httpx
-
-    return httpx.get(server.url + path)
