@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint format migrations-check ci clean
+.PHONY: install browser run test lint format migrations-check ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The browser tests drive Debian's Chromium (Playwright cannot download browsers here).
+browser:
+	@if [ -x "$${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "The browser tests need Chromium: run 'sudo apt-get install chromium'" \
+			"(or set CHROMIUM_PATH), then 'make test' again." >&2; exit 1; \
+	fi
 
 run: export DJANGO_DEBUG ?= 1
 run: install
@@ -34,7 +44,7 @@ format: install
 migrations-check: install
 	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 
-test: install lint migrations-check
+test: install browser lint migrations-check
 	$(BIN)/pytest
 
 ci: test

@@ -1,12 +1,10 @@
 from django.contrib import admin
-from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("conversations.urls")),
-    *staticfiles_urlpatterns(),
 ]
 
 handler404 = "conversations.views.page_not_found"

@@ -3,6 +3,13 @@ from django.urls import path
 from . import views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", views.chat, name="home"),
+    path("c/<int:conversation_id>/", views.chat, name="conversation"),
+    path(
+        "c/<int:conversation_id>/messages/<int:message_id>/",
+        views.message_fragment,
+        name="message-fragment",
+    ),
+    path("accounts/signup/", views.signup, name="signup"),
     path("api/chat/stream", views.chat_stream, name="chat-stream"),
 ]

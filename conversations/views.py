@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.contrib.auth.forms import UserCreationForm
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 from django.views import defaults
 from django.views.csrf import csrf_failure as default_csrf_failure
 
@@ -12,14 +14,47 @@ from .errors import ApiError, error_response
 from .generation import generation_aopen
 from .http import api_view, is_api_path
 from .inputs import chat_request_from_json, chat_request_from_query, json_body
+from .selectors import (
+    SIDEBAR_LENGTH,
+    conversation_get_for_user,
+    conversation_list_for_user,
+    message_get_for_user,
+)
 from .services import ChatRequest
 from .sse import EventStreamResponse
 from .streams import JsonFramer, QueryFramer, relay
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "conversations/home.html")
+def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpResponse:
+    """The chat page: the sidebar, the selected conversation (if any) and the composer."""
+    conversation = None
+    if conversation_id is not None:
+        conversation = conversation_get_for_user(request.user, conversation_id)
+    context = {
+        "conversation": conversation,
+        "messages": conversation.messages.all() if conversation else [],
+        "conversations": conversation_list_for_user(request.user)[:SIDEBAR_LENGTH],
+    }
+    return render(request, "conversations/chat.html", context)
+
+
+@login_required
+def message_fragment(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+    """One saved message as the page renders it, to replace the streamed copy."""
+    message = message_get_for_user(request.user, conversation_id, message_id)
+    return render(request, "conversations/_message.html", {"message": message})
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.CHAT_SIGNUP_ENABLED:
+        raise Http404("Sign-up is turned off.")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("home")
+    return render(request, "registration/signup.html", {"form": form})
 
 
 @api_view("GET", "POST")

@@ -20,6 +20,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client as DjangoClient
 from django.utils.crypto import get_random_string
 
+from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,8 +112,9 @@ def server_env(django_db_setup, django_db_blocker) -> dict[str, str]:
     """The environment of a production-like server process on the test database."""
     from django.db import connection
 
+    inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     env = {
-        **os.environ,
+        **inherited,
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         "DJANGO_DEBUG": "0",
         "DJANGO_SECURE_COOKIES": "0",
@@ -124,6 +126,12 @@ def server_env(django_db_setup, django_db_blocker) -> dict[str, str]:
         "CHAT_KEEPALIVE_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
     }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
     return env
 
 
@@ -202,3 +210,45 @@ def client_for(server):
 @pytest.fixture
 def client(client_for, user) -> httpx.Client:
     return client_for(user)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium; a missing browser fails the run (``make test`` installs it)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if executable is None:
+        pytest.fail("Chromium is missing: run `make test` as root, or `apt-get install chromium`.")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_page_for(browser, server):
+    """A fresh browser context signed in as the given user (session cookie, no form)."""
+    contexts = []
+
+    def make(user):
+        django_client = DjangoClient()
+        django_client.force_login(user)
+        context = browser.new_context(base_url=server.url)
+        context.add_cookies(
+            [
+                {
+                    "name": "sessionid",
+                    "value": django_client.cookies["sessionid"].value,
+                    "url": server.url,
+                }
+            ]
+        )
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()

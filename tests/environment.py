@@ -10,3 +10,6 @@ import secrets
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
+# Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make between
+# browser steps are still plain synchronous calls.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

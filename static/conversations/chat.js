@@ -1,33 +1,267 @@
-// A minimal reader for the GET stream; the full chat UI replaces it.
-const form = document.getElementById("composer");
-const input = document.getElementById("message");
-const transcript = document.getElementById("transcript");
-let conversationId = null;
+// The chat page's stream reader: POST /api/chat/stream with fetch, parse SSE from the body,
+// append tokens as text, then swap in the server-rendered copy of the saved reply.
 
-function addMessage(role, text) {
-  const node = document.createElement("div");
-  node.className = `message ${role}`;
-  node.textContent = text;
-  transcript.append(node);
-  return node;
+/** An incremental SSE parser (https://html.spec.whatwg.org/multipage/server-sent-events.html). */
+export class SSEParser {
+  constructor(onEvent) {
+    this.onEvent = onEvent;
+    this.buffer = "";
+    this.resetEvent();
+  }
+
+  resetEvent() {
+    this.data = [];
+    this.eventType = "";
+  }
+
+  /** Feed decoded text; complete lines are processed, a partial line waits for more. */
+  push(text) {
+    this.buffer += text;
+    let start = 0;
+    for (;;) {
+      const cr = this.buffer.indexOf("\r", start);
+      const lf = this.buffer.indexOf("\n", start);
+      if (cr === -1 && lf === -1) break;
+      let end;
+      let next;
+      if (cr !== -1 && (lf === -1 || cr < lf)) {
+        if (cr === this.buffer.length - 1) break; // a lone \r may be the first half of \r\n
+        end = cr;
+        next = this.buffer[cr + 1] === "\n" ? cr + 2 : cr + 1;
+      } else {
+        end = lf;
+        next = lf + 1;
+      }
+      this.line(this.buffer.slice(start, end));
+      start = next;
+    }
+    this.buffer = this.buffer.slice(start);
+  }
+
+  line(line) {
+    if (line === "") {
+      if (this.data.length) {
+        this.onEvent({ type: this.eventType || "message", data: this.data.join("\n"), id: this.lastId });
+      }
+      this.resetEvent();
+      return;
+    }
+    if (line.startsWith(":")) return; // a comment, such as the keep-alive ": ping"
+    const colon = line.indexOf(":");
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "data") this.data.push(value);
+    else if (field === "event") this.eventType = value;
+    else if (field === "id" && !value.includes("\0")) this.lastId = value;
+  }
+}
+
+const form = document.getElementById("composer");
+const input = document.getElementById("message-input");
+const sendButton = document.getElementById("send-button");
+const stopButton = document.getElementById("stop-button");
+const transcript = document.getElementById("transcript");
+const statusRegion = document.getElementById("chat-status");
+const conversationList = document.getElementById("conversation-list");
+
+let controller = null;
+let followOutput = true;
+
+function announce(text) {
+  statusRegion.textContent = text;
+}
+
+function nearBottom() {
+  const scroller = document.scrollingElement;
+  return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
+}
+
+window.addEventListener("scroll", () => {
+  followOutput = nearBottom();
+}, { passive: true });
+
+function scrollToEnd() {
+  if (followOutput) document.scrollingElement.scrollTop = document.scrollingElement.scrollHeight;
+}
+
+function messageNode(role, text) {
+  document.getElementById("empty-transcript")?.remove();
+  const article = document.createElement("article");
+  article.className = `message ${role}`;
+  const label = document.createElement("div");
+  label.className = "message-role";
+  label.textContent = role === "user" ? "User" : "Assistant";
+  const body = document.createElement("div");
+  body.className = "message-body plain";
+  body.textContent = text;
+  article.append(label, body);
+  transcript.append(article);
+  return article;
+}
+
+function addNote(article, text, kind) {
+  const note = document.createElement("p");
+  note.className = `message-note ${kind}`;
+  if (kind === "failed") note.setAttribute("role", "alert");
+  note.textContent = text;
+  article.append(note);
+}
+
+function setStreaming(streaming) {
+  input.disabled = streaming;
+  sendButton.disabled = streaming;
+  stopButton.hidden = !streaming;
+  if (!streaming) input.focus();
+}
+
+async function errorMessage(response) {
+  let message = `The server answered ${response.status}.`;
+  try {
+    const body = await response.json();
+    if (body?.error?.message) message = body.error.message;
+  } catch {
+    // not JSON: keep the status line
+  }
+  if (response.status === 429) {
+    const retry = response.headers.get("Retry-After");
+    message = `Too many requests: ${message}${retry ? ` Try again in ${retry} s.` : ""}`;
+  }
+  return message;
+}
+
+function rememberConversation(id, title) {
+  if (form.dataset.conversationId === String(id)) return;
+  form.dataset.conversationId = String(id);
+  history.pushState({}, "", `/c/${id}/`);
+  conversationList.querySelector(".empty")?.remove();
+  const item = document.createElement("li");
+  const link = document.createElement("a");
+  link.href = `/c/${id}/`;
+  link.textContent = title;
+  link.setAttribute("aria-current", "page");
+  item.append(link);
+  conversationList.prepend(item);
+}
+
+async function swapForSaved(article, convId, messageId) {
+  try {
+    const response = await fetch(`/c/${convId}/messages/${messageId}/`, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const template = document.createElement("template");
+    template.innerHTML = (await response.text()).trim();
+    const saved = template.content.firstElementChild;
+    if (saved) article.replaceWith(saved);
+  } catch {
+    // keep the streamed copy; a reload shows the saved one
+  }
+}
+
+async function send(text) {
+  const userArticle = messageNode("user", text);
+  const reply = messageNode("assistant", "");
+  reply.classList.add("streaming");
+  reply.setAttribute("aria-busy", "true");
+  const body = reply.querySelector(".message-body");
+  const textNode = document.createTextNode("");
+  body.append(textNode);
+  followOutput = true;
+  scrollToEnd();
+  setStreaming(true);
+  announce("The assistant is replying.");
+  controller = new AbortController();
+
+  let outcome = "ended";
+  let ids = { conversation: null, message: null };
+  try {
+    const payload = { message: text };
+    const conversationId = form.dataset.conversationId;
+    if (conversationId) payload.conversation_id = Number(conversationId);
+    const response = await fetch(form.dataset.streamUrl, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": form.dataset.csrfToken },
+      body: JSON.stringify(payload),
+      credentials: "same-origin",
+      signal: controller.signal,
+    });
+    if (!response.ok) {
+      outcome = "failed";
+      addNote(reply, await errorMessage(response), "failed");
+      return;
+    }
+    ids = {
+      conversation: response.headers.get("X-Conversation-Id"),
+      message: response.headers.get("X-Message-Id"),
+    };
+    if (ids.conversation) rememberConversation(ids.conversation, text.slice(0, 80));
+    userArticle.dataset.conversationId = ids.conversation;
+
+    const parser = new SSEParser((event) => {
+      if (event.type === "error") {
+        outcome = "failed";
+        let message = "The reply failed.";
+        try {
+          message = JSON.parse(event.data).message || message;
+        } catch {
+          // keep the generic message
+        }
+        addNote(reply, `Error: ${message}`, "failed");
+        return;
+      }
+      const frame = JSON.parse(event.data);
+      if (frame.done) {
+        outcome = "done";
+        return;
+      }
+      textNode.appendData(frame.token);
+      scrollToEnd();
+    });
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder("utf-8");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      parser.push(decoder.decode(value, { stream: true }));
+    }
+    parser.push(decoder.decode());
+    if (outcome === "ended") {
+      outcome = "failed";
+      addNote(reply, "Error: the connection closed before the reply finished.", "failed");
+    }
+  } catch (error) {
+    if (error.name === "AbortError") {
+      outcome = "stopped";
+      addNote(reply, "Stopped", "stopped");
+    } else {
+      outcome = "failed";
+      addNote(reply, "Error: the connection to the server was lost.", "failed");
+    }
+  } finally {
+    controller = null;
+    reply.classList.remove("streaming");
+    reply.removeAttribute("aria-busy");
+    setStreaming(false);
+    announce({ done: "The reply is complete.", stopped: "The reply was stopped." }[outcome]
+      ?? "The reply failed.");
+    if ((outcome === "done" || outcome === "failed") && ids.message) {
+      await swapForSaved(reply, ids.conversation, ids.message);
+    }
+  }
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  const text = input.value.trim();
-  if (!text) return;
+  const text = input.value;
+  if (!text.trim() || controller) return;
   input.value = "";
-  addMessage("user", text);
-  const reply = addMessage("assistant", "");
-  const params = new URLSearchParams({ message: text });
-  if (conversationId) params.set("conversation_id", conversationId);
-  const source = new EventSource(`/api/chat/stream?${params}`);
-  source.onmessage = (message) => {
-    if (message.data === "[DONE]") { source.close(); return; }
-    reply.textContent += JSON.parse(message.data);
-  };
-  source.addEventListener("error", (message) => {
-    source.close();
-    if (message.data) reply.textContent += `\n[error] ${JSON.parse(message.data).message}`;
-  });
+  send(text);
 });
+
+input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+
+stopButton.addEventListener("click", () => controller?.abort());

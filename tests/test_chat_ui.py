@@ -1,0 +1,251 @@
+"""The chat page in a real browser: Chromium, uvicorn, the real SDK and the fake upstream."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from playwright.sync_api import expect
+
+from conversations.models import Conversation, Message
+from tests.conftest import session_client
+from tests.test_stream_failures import wait_until
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+RECORD_STREAMED_TEXT = """() => {
+  window.__snapshots = [];
+  const transcript = document.getElementById("transcript");
+  new MutationObserver(() => {
+    const body = transcript.querySelector(".message.assistant.streaming .message-body");
+    if (body && body.textContent !== window.__snapshots.at(-1)) {
+      window.__snapshots.push(body.textContent);
+    }
+  }).observe(transcript, { subtree: true, childList: true, characterData: true });
+}"""
+
+
+def composer(page):
+    return page.get_by_role("textbox", name="Message")
+
+
+def send(page, text: str) -> None:
+    composer(page).fill(text)
+    composer(page).press("Enter")
+
+
+def last_assistant(page):
+    return page.locator(".message.assistant").last
+
+
+def test_user_signs_in_and_watches_the_reply_grow_then_become_the_saved_markdown(
+    server, browser, fake_upstream, transactional_db
+):
+    get_user_model().objects.create_user("hana", password="correct horse battery staple")
+    tokens = ["Grüße", ', "friend"', " 👋🏽", "\n\nHere's **bold**", " and `code`", " — done."]
+    fake_upstream.script("browser hello", tokens=tokens, interval=0.3)
+    context = browser.new_context(base_url=server.url, viewport={"width": 1100, "height": 700})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+
+    page.goto("/")
+    expect(page).to_have_url(f"{server.url}/accounts/login/?next=/")
+    page.get_by_label("Username").fill("hana")
+    page.get_by_label("Password").fill("correct horse battery staple")
+    page.get_by_role("button", name="Sign in").click()
+    expect(composer(page)).to_be_visible()
+    page.evaluate(RECORD_STREAMED_TEXT)
+    send(page, "browser hello")
+
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    expect(composer(page)).to_be_disabled()
+    saved = page.locator('.message.assistant[data-status="complete"]')
+    expect(saved).to_have_count(1)
+    snapshots = page.evaluate("window.__snapshots")
+    full_text = "".join(tokens)
+    growing = [s for s in snapshots if s and s != full_text]
+    assert len(growing) >= 3, snapshots
+    assert all(full_text.startswith(s) for s in snapshots)
+    assert snapshots[-1] == full_text
+    expect(saved.locator("strong")).to_have_text("bold")
+    expect(saved.locator("code")).to_have_text("code")
+    expect(saved).to_contain_text('Grüße, "friend" 👋🏽')
+    expect(page.get_by_role("status")).to_have_text("The reply is complete.")
+    expect(composer(page)).to_be_enabled()
+    conversation = Conversation.objects.get(owner__username="hana")
+    expect(page).to_have_url(f"{server.url}/c/{conversation.pk}/")
+    expect(page.get_by_role("navigation").get_by_role("link", name="browser hello")).to_be_visible()
+    assert conversation.messages.get(role="assistant").content == full_text
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-page.png")
+    context.close()
+
+
+def test_stop_halts_the_reply_and_the_reloaded_page_shows_it_stopped(
+    server, browser_page_for, user, fake_upstream
+):
+    fake_upstream.script("stop me", tokens=[f"word{i} " for i in range(400)], interval=0.03)
+    page = browser_page_for(user)
+    page.goto("/")
+
+    send(page, "stop me")
+    streaming_body = page.locator(".message.assistant.streaming .message-body")
+    expect(streaming_body).to_contain_text("word5 ")
+    page.get_by_role("button", name="Stop").click()
+
+    reply = last_assistant(page)
+    expect(reply.locator(".message-note")).to_have_text("Stopped")
+    expect(page.get_by_role("status")).to_have_text("The reply was stopped.")
+    shown = reply.locator(".message-body").text_content()
+    time.sleep(0.5)
+    assert reply.locator(".message-body").text_content() == shown
+    upstream = fake_upstream.requests_for("stop me")[-1]
+    wait_until(lambda: upstream.aborted)
+    saved = wait_until(lambda: Message.objects.filter(role="assistant", status="cancelled").first())
+    assert saved.content.startswith(shown)
+    assert len(saved.content) < len("".join(f"word{i} " for i in range(400)))
+
+    page.reload()
+    stopped = page.locator('.message.assistant[data-status="cancelled"]')
+    expect(stopped).to_have_count(1)
+    expect(stopped.locator(".message-note")).to_have_text("Stopped")
+    expect(stopped.locator(".message-body")).to_contain_text("word0 word1 word2 word3 word4 word5")
+
+
+def test_markup_in_a_reply_stays_inert_while_streaming_and_after_the_swap(
+    server, browser_page_for, user, fake_upstream
+):
+    tokens = [
+        "<script>window.__pwned = 1</script>",
+        ' <img src=x onerror="window.__pwned = 2">',
+        " [click me](javascript:window.__pwned=3)",
+        ' <a href="javascript:window.__pwned=4">raw link</a>',
+        " [ok](https://example.org/)",
+    ]
+    fake_upstream.script("be evil", tokens=tokens, interval=0.2)
+    page = browser_page_for(user)
+    response = page.goto("/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.evaluate(RECORD_STREAMED_TEXT)
+
+    send(page, "be evil")
+    expect(page.locator(".message.assistant.streaming")).to_contain_text("<script>")
+    expect(page.locator(".message.assistant.streaming")).to_contain_text("onerror")
+    assert page.locator("#transcript img, #transcript script").count() == 0
+    saved = page.locator('.message.assistant[data-status="complete"]')
+    expect(saved).to_have_count(1)
+
+    assert page.evaluate("window.__pwned") is None
+    assert "".join(tokens) in page.evaluate("window.__snapshots")
+    assert page.locator("#transcript img, #transcript script, #transcript iframe").count() == 0
+    assert page.locator("#transcript [onerror], #transcript [onclick]").count() == 0
+    assert page.locator('#transcript a[href^="javascript"]').count() == 0
+    expect(saved).to_contain_text("<script>window.__pwned = 1</script>")
+    expect(saved.get_by_role("link", name="ok")).to_have_attribute("href", "https://example.org/")
+    saved.get_by_text("click me").click()
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_a_second_user_cannot_see_or_open_the_first_users_conversations(
+    server, browser_page_for, make_user, fake_upstream
+):
+    alice, bob = make_user("alice"), make_user("bob")
+    with session_client(server.url, alice) as client:
+        response = client.post("/api/chat/stream", json={"message": "alice private topic"})
+    conversation_id = response.headers["x-conversation-id"]
+    alice_page = browser_page_for(alice)
+    alice_page.goto("/")
+    expect(alice_page.get_by_role("link", name="alice private topic")).to_be_visible()
+
+    bob_page = browser_page_for(bob)
+    bob_page.goto("/")
+    expect(bob_page.get_by_role("navigation")).to_contain_text("No conversations yet.")
+    expect(bob_page.get_by_text("alice private topic")).to_have_count(0)
+    opened = bob_page.goto(f"/c/{conversation_id}/")
+    assert opened.status == 404
+    fragment = bob_page.goto(f"/c/{conversation_id}/messages/1/")
+    assert fragment.status == 404
+
+
+def test_an_upstream_error_is_shown_to_the_user(server, browser_page_for, user, fake_upstream):
+    fake_upstream.script("break please", status=500)
+    page = browser_page_for(user)
+    page.goto("/")
+
+    send(page, "break please")
+
+    reply = page.locator('.message.assistant[data-status="error"]')
+    expect(reply).to_have_count(1)
+    expect(reply.locator(".message-note")).to_have_text(
+        "Error: The model service failed to answer."
+    )
+    expect(page.get_by_role("status")).to_have_text("The reply failed.")
+    expect(composer(page)).to_be_enabled()
+
+
+def test_an_api_error_before_streaming_is_shown_to_the_user(
+    server, browser_page_for, user, fake_upstream
+):
+    page = browser_page_for(user)
+    page.goto("/")
+    page.evaluate("document.getElementById('composer').dataset.conversationId = '987654'")
+
+    send(page, "to a conversation that does not exist")
+
+    note = last_assistant(page).get_by_role("alert")
+    expect(note).to_have_text("No such conversation.")
+    expect(page.get_by_role("status")).to_have_text("The reply failed.")
+
+
+def test_composer_keys_enter_sends_and_shift_enter_adds_a_line(
+    server, browser_page_for, user, fake_upstream
+):
+    page = browser_page_for(user)
+    page.goto("/")
+    box = composer(page)
+
+    box.fill("line one")
+    box.press("Shift+Enter")
+    box.type("line two")
+    assert box.input_value() == "line one\nline two"
+    box.press("Enter")
+
+    expect(page.locator(".message.user .message-body")).to_have_text("line one\nline two")
+    expect(page.locator('.message.assistant[data-status="complete"]')).to_have_count(1)
+    expect(box).to_be_focused()
+
+
+SSE_PARSER_CHECK = """async () => {
+  const script = document.querySelector('script[type="module"]').src;
+  const { SSEParser } = await import(script);
+  const events = [];
+  const parser = new SSEParser((event) => events.push(event));
+  const chunks = [
+    'data: {"token": "a"', ', "done": false}\\r\\n\\r\\n',
+    ': ping\\n\\ndata: {"token": "b", "done": false}\\n\\n',
+    'data: {"token": "c", "done": false}\\n\\n',
+    "id: 7\\nevent: error\\ndata: first line\\ndata: second line\\r", "\\n\\r\\n",
+    'data: {"token": "\\u00e9\\u4f60", "done": true}\\n', "\\n",
+  ];
+  for (const chunk of chunks) parser.push(chunk);
+  return events;
+}"""
+
+
+def test_the_page_parses_sse_split_across_chunks_and_line_endings(server, browser_page_for, user):
+    page = browser_page_for(user)
+    page.goto("/")
+
+    events = page.evaluate(SSE_PARSER_CHECK)
+
+    assert [e["type"] for e in events] == ["message", "message", "message", "error", "message"]
+    assert [e["data"] for e in events[:3]] == [
+        '{"token": "a", "done": false}',
+        '{"token": "b", "done": false}',
+        '{"token": "c", "done": false}',
+    ]
+    assert events[3]["data"] == "first line\nsecond line"
+    assert events[3]["id"] == "7"
+    assert events[4]["data"] == '{"token": "é你", "done": true}'
