@@ -105,10 +105,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "chatsite.middleware.ContentSecurityPolicyMiddleware",
+    "chatsite.middleware.content_security_policy_middleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "conversations.auth.bearer_csrf_exempt_middleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -211,6 +212,18 @@ CHAT_KEEPALIVE_SECONDS = env_number("CHAT_KEEPALIVE_SECONDS", 15.0, float)
 CHAT_STREAM_MAX_SECONDS = env_number("CHAT_STREAM_MAX_SECONDS", 600.0, float)
 CHAT_MAX_BODY_BYTES = env_number("CHAT_MAX_BODY_BYTES", 256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CHAT_MAX_BODY_BYTES
+CHAT_MAX_MESSAGE_CHARS = env_number("CHAT_MAX_MESSAGE_CHARS", 32_000)
+CHAT_MAX_SYSTEM_PROMPT_CHARS = env_number("CHAT_MAX_SYSTEM_PROMPT_CHARS", 8_000)
+CHAT_MAX_HISTORY_ITEMS = env_number("CHAT_MAX_HISTORY_ITEMS", 100)
+CHAT_MAX_HISTORY_ITEM_CHARS = env_number("CHAT_MAX_HISTORY_ITEM_CHARS", 32_000)
+
+# Limits. Counters and stream slots live in Django's cache (Redis when REDIS_URL is set).
+CHAT_RATE_LIMIT = env_str("CHAT_RATE_LIMIT", "100/m")
+CHAT_STREAMS_PER_USER = env_number("CHAT_STREAMS_PER_USER", 10)
+CHAT_STREAM_QUEUE_LENGTH = env_number("CHAT_STREAM_QUEUE_LENGTH", 20)
+CHAT_STREAM_QUEUE_WAIT_SECONDS = env_number("CHAT_STREAM_QUEUE_WAIT_SECONDS", 10.0, float)
+CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
+RATELIMIT_USE_CACHE = "default"
 
 LOGGING = {
     "version": 1,

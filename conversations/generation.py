@@ -22,6 +22,9 @@ from .services import ChatRequest, message_afinalize, reply_aopen
 
 logger = logging.getLogger(__name__)
 
+RUNNING: dict[int, Generation] = {}
+"""Replies being produced in this process, by assistant message id (for stop requests)."""
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -74,6 +77,7 @@ class Generation:
         loop = asyncio.get_running_loop()
         self._last_take = loop.time()
         self._task = loop.create_task(self._produce(), name=f"reply-{self.message_id}")
+        RUNNING[self.message_id] = self
         self._deadline = loop.call_later(self.max_seconds, self.stop, "timeout")
         if self.keepalive_seconds > 0:
             self._keepalive = loop.call_later(self.keepalive_seconds, self._keepalive_tick)
@@ -145,6 +149,7 @@ class Generation:
             finished = INTERNAL_ERROR
         finally:
             self._finalising = True
+            RUNNING.pop(self.message_id, None)
             for timer in (self._deadline, self._keepalive):
                 if timer is not None:
                     timer.cancel()
@@ -192,3 +197,12 @@ async def generation_aopen(*, user: AbstractBaseUser, chat_request: ChatRequest)
         keepalive_seconds=settings.CHAT_KEEPALIVE_SECONDS,
         max_seconds=settings.CHAT_STREAM_MAX_SECONDS,
     )
+
+
+async def generation_astop(message_id: int) -> bool:
+    """Stop a reply produced by this process and wait until it is saved; False if not here."""
+    generation = RUNNING.get(message_id)
+    if generation is None:
+        return False
+    await generation.aclose()
+    return True

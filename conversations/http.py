@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from .auth import api_auser
 from .errors import ApiError, api_error_response, error_response
+from .limits import enforce_rate_limit
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +18,8 @@ AsyncView = Callable[..., Awaitable[HttpResponse]]
 
 
 def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
-    """Allow only ``methods`` (405 JSON otherwise) and turn ApiError into its JSON response."""
+    """An API endpoint: only ``methods`` (405), an authenticated caller (401) within the rate
+    limit (429), set as ``request.api_user``; any ApiError becomes its JSON response."""
 
     def decorator(view: AsyncView) -> AsyncView:
         @functools.wraps(view)
@@ -29,6 +32,12 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                     headers={"Allow": ", ".join(methods)},
                 )
             try:
+                try:
+                    request.api_user = await api_auser(request)
+                except ApiError:
+                    await enforce_rate_limit(request, None)
+                    raise
+                await enforce_rate_limit(request, request.api_user)
                 return await view(request, *args, **kwargs)
             except ApiError as error:
                 return api_error_response(error)

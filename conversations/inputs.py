@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, QueryDict
 from django.http.request import RawPostDataException
@@ -19,10 +20,18 @@ def bad_request(message: str, code: str = "invalid_request") -> ApiError:
     return ApiError(400, code, message)
 
 
+def check_length(value: str, limit: int, field: str) -> None:
+    if len(value) > limit:
+        raise bad_request(
+            f"'{field}' is longer than the limit of {limit} characters.", f"{field}_too_long"
+        )
+
+
 def chat_request_from_query(query: QueryDict) -> ChatRequest:
     message = query.get("message", "")
     if not message.strip():
         raise bad_request("The 'message' query parameter is required.", "missing_message")
+    check_length(message, settings.CHAT_MAX_MESSAGE_CHARS, "message")
     raw_id = query.get("conversation_id")
     conversation_id = None
     if raw_id not in (None, ""):
@@ -56,9 +65,12 @@ def chat_request_from_json(payload: object) -> ChatRequest:
         raise bad_request("'message' is required and must not be empty.", "missing_message")
     if not isinstance(message, str):
         raise bad_request("'message' must be a string.")
+    check_length(message, settings.CHAT_MAX_MESSAGE_CHARS, "message")
     system_prompt = payload.get("system_prompt", payload.get("systemPrompt"))
     if system_prompt is not None and not isinstance(system_prompt, str):
         raise bad_request("'system_prompt' must be a string.")
+    if system_prompt is not None:
+        check_length(system_prompt, settings.CHAT_MAX_SYSTEM_PROMPT_CHARS, "system_prompt")
     conversation_id = payload.get("conversation_id")
     if conversation_id is not None and (
         isinstance(conversation_id, bool)
@@ -79,6 +91,11 @@ def history_from_json(history: object) -> list:
         return []
     if not isinstance(history, list):
         raise bad_request("'history' must be a list of {role, content} objects.")
+    if len(history) > settings.CHAT_MAX_HISTORY_ITEMS:
+        raise bad_request(
+            f"'history' has more than the limit of {settings.CHAT_MAX_HISTORY_ITEMS} items.",
+            "history_too_long",
+        )
     items = []
     for index, item in enumerate(history):
         if not isinstance(item, Mapping):
@@ -88,5 +105,23 @@ def history_from_json(history: object) -> list:
             raise bad_request(f"history[{index}].role must be 'user' or 'assistant'.")
         if not isinstance(content, str):
             raise bad_request(f"history[{index}].content must be a string.")
+        if len(content) > settings.CHAT_MAX_HISTORY_ITEM_CHARS:
+            raise bad_request(
+                f"history[{index}].content is longer than the limit of "
+                f"{settings.CHAT_MAX_HISTORY_ITEM_CHARS} characters.",
+                "history_item_too_long",
+            )
         items.append({"role": role, "content": content})
     return items
+
+
+def pagination_from_query(query: QueryDict, *, max_page_size: int = 100) -> tuple[int, int]:
+    def positive(name: str, default: int) -> int:
+        raw = query.get(name, "")
+        if raw == "":
+            return default
+        if not raw.isdigit() or int(raw) < 1:
+            raise bad_request(f"'{name}' must be a positive integer.")
+        return int(raw)
+
+    return positive("page", 1), min(positive("page_size", 20), max_page_size)

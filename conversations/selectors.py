@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.shortcuts import get_object_or_404
 
+from .errors import ApiError
 from .models import Conversation, Message
 
 SIDEBAR_LENGTH = 100
@@ -24,3 +25,22 @@ def message_get_for_user(user: AbstractBaseUser, conversation_id: int, message_i
     return get_object_or_404(
         Message, pk=message_id, conversation_id=conversation_id, conversation__owner=user
     )
+
+
+def conversation_api_list_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:
+    return Conversation.objects.filter(owner=user).annotate(message_count=Count("messages"))
+
+
+async def conversation_aget_owned(user: AbstractBaseUser, conversation_id: int) -> Conversation:
+    """The caller's conversation, or ApiError(404) (also for someone else's)."""
+    conversation = await Conversation.objects.filter(pk=conversation_id, owner=user).afirst()
+    if conversation is None:
+        raise ApiError(404, "conversation_not_found", "No such conversation.")
+    return conversation
+
+
+async def message_aget_owned(user: AbstractBaseUser, message_id: int) -> Message:
+    message = await Message.objects.filter(pk=message_id, conversation__owner=user).afirst()
+    if message is None:
+        raise ApiError(404, "message_not_found", "No such message.")
+    return message

@@ -149,3 +149,13 @@ def messages_interrupt_stale(*, older_than: timedelta) -> int:
         error_code="interrupted",
         error_message="The server stopped before this reply finished.",
     )
+
+
+async def conversation_adelete(*, conversation: Conversation) -> None:
+    """Stop the conversation's replies still streaming here, then delete it with its messages."""
+    from .generation import generation_astop
+
+    streaming = Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING)
+    async for message_id in streaming.values_list("pk", flat=True):
+        await generation_astop(message_id)
+    await conversation.adelete()

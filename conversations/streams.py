@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .generation import Finished, Generation
 from .models import Message
@@ -57,8 +57,13 @@ class JsonFramer:
         )
 
 
-async def relay(generation: Generation, framer: QueryFramer | JsonFramer) -> AsyncIterator[bytes]:
-    """Start the reply and yield its frames; however this ends, the reply is saved."""
+async def relay(
+    generation: Generation,
+    framer: QueryFramer | JsonFramer,
+    on_close: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[bytes]:
+    """Start the reply and yield its frames; however this ends, the reply is saved and
+    ``on_close`` (which gives back the stream slot) runs."""
     generation.start()
     try:
         while True:
@@ -76,4 +81,8 @@ async def relay(generation: Generation, framer: QueryFramer | JsonFramer) -> Asy
                     return
             yield b"".join(frames)
     finally:
-        await generation.aclose()
+        try:
+            await generation.aclose()
+        finally:
+            if on_close is not None:
+                await on_close()

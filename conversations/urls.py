@@ -12,4 +12,11 @@ urlpatterns = [
     ),
     path("accounts/signup/", views.signup, name="signup"),
     path("api/chat/stream", views.chat_stream, name="chat-stream"),
+    path("api/conversations", views.conversation_list, name="api-conversation-list"),
+    path(
+        "api/conversations/<int:conversation_id>",
+        views.conversation_detail_view,
+        name="api-conversation-detail",
+    ),
+    path("api/messages/<int:message_id>/cancel", views.message_cancel, name="api-message-cancel"),
 ]

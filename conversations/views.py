@@ -4,23 +4,33 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views import defaults
 from django.views.csrf import csrf_failure as default_csrf_failure
 
-from .auth import api_auser
 from .errors import ApiError, error_response
-from .generation import generation_aopen
+from .generation import generation_aopen, generation_astop
 from .http import api_view, is_api_path
-from .inputs import chat_request_from_json, chat_request_from_query, json_body
+from .inputs import (
+    chat_request_from_json,
+    chat_request_from_query,
+    json_body,
+    pagination_from_query,
+)
+from .limits import stream_slots
+from .models import Message
 from .selectors import (
     SIDEBAR_LENGTH,
+    conversation_aget_owned,
+    conversation_api_list_for_user,
     conversation_get_for_user,
     conversation_list_for_user,
+    message_aget_owned,
     message_get_for_user,
 )
-from .services import ChatRequest
+from .serializers import conversation_detail, conversation_summary
+from .services import ChatRequest, conversation_adelete
 from .sse import EventStreamResponse
 from .streams import JsonFramer, QueryFramer, relay
 
@@ -60,7 +70,6 @@ def signup(request: HttpRequest) -> HttpResponse:
 @api_view("GET", "POST")
 async def chat_stream(request: HttpRequest) -> HttpResponse:
     """``GET`` for EventSource and curl, ``POST`` for fetch clients; one reply either way."""
-    user = await api_auser(request)
     if request.method == "GET":
         if "HTTP_LAST_EVENT_ID" in request.META:
             return HttpResponse(status=204)
@@ -72,15 +81,63 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         payload = json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
         chat_request = chat_request_from_json(payload)
         framer = JsonFramer()
-    return await _stream_reply(user, chat_request, framer)
+    return await _stream_reply(request.api_user, chat_request, framer)
 
 
 async def _stream_reply(user, chat_request: ChatRequest, framer) -> EventStreamResponse:
-    generation = await generation_aopen(user=user, chat_request=chat_request)
-    response = EventStreamResponse(relay(generation, framer))
+    slot = await stream_slots().acquire(f"user:{user.pk}")
+    try:
+        generation = await generation_aopen(user=user, chat_request=chat_request)
+    except BaseException:
+        await slot.release()
+        raise
+    response = EventStreamResponse(relay(generation, framer, on_close=slot.release))
     response["X-Conversation-Id"] = str(generation.conversation_id)
     response["X-Message-Id"] = str(generation.message_id)
     return response
+
+
+@api_view("GET")
+async def conversation_list(request: HttpRequest) -> HttpResponse:
+    page, page_size = pagination_from_query(request.GET)
+    conversations = conversation_api_list_for_user(request.api_user)
+    total = await conversations.acount()
+    offset = (page - 1) * page_size
+    results = [c async for c in conversations[offset : offset + page_size]]
+    return JsonResponse(
+        {
+            "results": [conversation_summary(c) for c in results],
+            "page": page,
+            "page_size": page_size,
+            "total": total,
+            "has_next": offset + len(results) < total,
+        }
+    )
+
+
+@api_view("GET", "DELETE")
+async def conversation_detail_view(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = await conversation_aget_owned(request.api_user, conversation_id)
+    if request.method == "DELETE":
+        await conversation_adelete(conversation=conversation)
+        return HttpResponse(status=204)
+    messages = [m async for m in conversation.messages.all()]
+    return JsonResponse(conversation_detail(conversation, messages))
+
+
+@api_view("POST")
+async def message_cancel(request: HttpRequest, message_id: int) -> HttpResponse:
+    """Stop a reply that is still streaming; its partial text is saved as ``cancelled``."""
+    message = await message_aget_owned(request.api_user, message_id)
+    if message.status == Message.Status.STREAMING:
+        if not await generation_astop(message.pk):
+            raise ApiError(
+                409,
+                "not_cancellable_here",
+                "This reply is being produced by another server process; try again.",
+            )
+        await message.arefresh_from_db()
+    return JsonResponse({"id": message.pk, "status": message.status})
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

@@ -65,6 +65,7 @@ class LiveServer:
                 "--no-access-log",
                 "--lifespan",
                 "off",
+                "--no-proxy-headers",
             ],
             cwd=ROOT,
             env=env,

@@ -1,0 +1,269 @@
+"""Fair limits: requests per minute (fixed window) and concurrent streams per user (FIFO queue).
+
+Counters live in Django's cache through django-ratelimit; stream slots live in Redis when
+REDIS_URL is set (shared by every worker; a dead worker's slots expire) and in this process
+otherwise (one worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import math
+import os
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from functools import cache
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest
+from django_ratelimit import ALL
+from django_ratelimit.core import get_usage
+
+from .errors import ApiError
+
+
+@cache
+def trusted_proxies() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in settings.CHAT_TRUSTED_PROXIES)
+
+
+def is_trusted_proxy(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted_proxies())
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The socket's address, or, behind trusted proxies, the first untrusted X-Forwarded-For hop."""
+    address = request.META.get("REMOTE_ADDR", "")
+    if not is_trusted_proxy(address):
+        return address
+    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not is_trusted_proxy(hop):
+            return hop
+    return hops[0] if hops else address
+
+
+def rate_limit_key(request: HttpRequest, user: AbstractBaseUser | None) -> str:
+    return f"user:{user.pk}" if user is not None else f"ip:{client_ip(request)}"
+
+
+def _usage(request: HttpRequest, key: str) -> dict | None:
+    return get_usage(
+        request,
+        group="api",
+        key=lambda group, request: key,
+        rate=settings.CHAT_RATE_LIMIT,
+        method=ALL,
+        increment=True,
+    )
+
+
+async def enforce_rate_limit(request: HttpRequest, user: AbstractBaseUser | None) -> None:
+    """Count this request in its fixed window; ApiError(429) with Retry-After over the limit."""
+    usage = await sync_to_async(_usage, thread_sensitive=False)(
+        request, rate_limit_key(request, user)
+    )
+    if usage and usage["should_limit"]:
+        retry_after = max(1, math.ceil(usage["time_left"]))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Too many requests: the limit is {settings.CHAT_RATE_LIMIT}. "
+            f"Try again in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+def streams_busy(retry_after: int, reason: str) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_streams",
+        f"Too many streams at once ({reason}); at most {settings.CHAT_STREAMS_PER_USER} "
+        "per user. Try again shortly.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+@dataclass
+class Slot:
+    """A held stream slot; release it exactly once."""
+
+    owner: str
+    token: str
+    pool: StreamSlots
+    released: bool = False
+
+    async def release(self) -> None:
+        if not self.released:
+            self.released = True
+            await self.pool.release(self)
+
+
+class StreamSlots:
+    def __init__(self, *, limit: int, queue_length: int, wait_seconds: float, ttl: float) -> None:
+        self.limit = limit
+        self.queue_length = queue_length
+        self.wait_seconds = wait_seconds
+        self.ttl = ttl
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.wait_seconds))
+
+    async def acquire(self, owner: str) -> Slot:
+        raise NotImplementedError
+
+    async def release(self, slot: Slot) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class _Local:
+    in_use: dict[str, float] = field(default_factory=dict)
+    waiters: deque[tuple[str, asyncio.Future[None]]] = field(default_factory=deque)
+
+
+class LocalStreamSlots(StreamSlots):
+    """Slots for one process; waiters are served first in, first out."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._owners: dict[str, _Local] = {}
+        self._tokens = itertools.count()
+
+    def _state(self, owner: str) -> _Local:
+        state = self._owners.setdefault(owner, _Local())
+        now = time.monotonic()
+        for token, expires in list(state.in_use.items()):
+            if expires < now:
+                del state.in_use[token]
+        return state
+
+    async def acquire(self, owner: str) -> Slot:
+        state = self._state(owner)
+        token = str(next(self._tokens))
+        if len(state.in_use) < self.limit and not state.waiters:
+            state.in_use[token] = time.monotonic() + self.ttl
+            return Slot(owner, token, self)
+        if len(state.waiters) >= self.queue_length:
+            raise streams_busy(self.retry_after, "the queue is full")
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (token, granted)
+        state.waiters.append(entry)
+        try:
+            await asyncio.wait([granted], timeout=self.wait_seconds)
+        finally:
+            if not granted.done():
+                state.waiters.remove(entry)
+                granted.cancel()
+            elif asyncio.current_task().cancelling():
+                await Slot(owner, token, self).release()
+        if granted.cancelled():
+            raise streams_busy(self.retry_after, "no slot freed in time")
+        return Slot(owner, token, self)
+
+    async def release(self, slot: Slot) -> None:
+        state = self._owners.get(slot.owner)
+        if state is None or state.in_use.pop(slot.token, None) is None:
+            return
+        while state.waiters:
+            token, granted = state.waiters.popleft()
+            if not granted.done():
+                state.in_use[token] = time.monotonic() + self.ttl
+                granted.set_result(None)
+                return
+        if not state.in_use:
+            del self._owners[slot.owner]
+
+
+# KEYS: slots, queue. ARGV: now, expires, limit, member, queue_length, queue_expired_before.
+# Returns 1 (slot taken), 0 (waiting in the queue) or -1 (queue full).
+ACQUIRE_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
+local free = tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1])
+local rank = redis.call('ZRANK', KEYS[2], ARGV[4])
+if not rank then
+  if free > 0 and redis.call('ZCARD', KEYS[2]) == 0 then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+    return 1
+  end
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+    return -1
+  end
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
+  return 0
+end
+if rank < free then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+class RedisStreamSlots(StreamSlots):
+    """Slots shared by every process through Redis; a slot expires after ``ttl`` seconds."""
+
+    poll_seconds = 0.05
+
+    def __init__(self, *, url: str, prefix: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        import redis.asyncio
+
+        self.redis = redis.asyncio.Redis.from_url(url)
+        self.prefix = prefix
+        self._acquire = self.redis.register_script(ACQUIRE_SCRIPT)
+
+    def _keys(self, owner: str) -> list[str]:
+        return [f"{self.prefix}:streams:{owner}:slots", f"{self.prefix}:streams:{owner}:queue"]
+
+    async def _try(self, owner: str, member: str) -> int:
+        now = time.time()
+        args = [now, now + self.ttl, self.limit, member, self.queue_length]
+        args.append(now - self.wait_seconds - 5)
+        return int(await self._acquire(keys=self._keys(owner), args=args))
+
+    async def acquire(self, owner: str) -> Slot:
+        member = f"{os.getpid()}:{uuid.uuid4().hex}"
+        slots_key, queue_key = self._keys(owner)
+        deadline = time.monotonic() + self.wait_seconds
+        try:
+            while (result := await self._try(owner, member)) == 0:
+                if time.monotonic() >= deadline:
+                    raise streams_busy(self.retry_after, "no slot freed in time")
+                await asyncio.sleep(self.poll_seconds)
+        except BaseException:
+            await asyncio.shield(self.redis.zrem(queue_key, member))
+            raise
+        if result < 0:
+            raise streams_busy(self.retry_after, "the queue is full")
+        return Slot(owner, member, self)
+
+    async def release(self, slot: Slot) -> None:
+        await asyncio.shield(self.redis.zrem(self._keys(slot.owner)[0], slot.token))
+
+
+@cache
+def stream_slots() -> StreamSlots:
+    options = {
+        "limit": settings.CHAT_STREAMS_PER_USER,
+        "queue_length": settings.CHAT_STREAM_QUEUE_LENGTH,
+        "wait_seconds": settings.CHAT_STREAM_QUEUE_WAIT_SECONDS,
+        "ttl": settings.CHAT_STREAM_MAX_SECONDS + 60,
+    }
+    if settings.REDIS_URL:
+        prefix = settings.CACHES["default"].get("KEY_PREFIX", "chatsite")
+        return RedisStreamSlots(url=settings.REDIS_URL, prefix=prefix, **options)
+    return LocalStreamSlots(**options)

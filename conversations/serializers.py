@@ -1,0 +1,53 @@
+"""JSON shapes of the REST API (documented in openapi.py)."""
+
+from __future__ import annotations
+
+from .models import Conversation, Message
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+def conversation_summary(conversation: Conversation) -> dict:
+    return {
+        "id": conversation.pk,
+        "title": conversation.title,
+        "model": conversation.model,
+        "created_at": _iso(conversation.created_at),
+        "updated_at": _iso(conversation.updated_at),
+        "message_count": getattr(conversation, "message_count", None),
+    }
+
+
+def message_detail(message: Message) -> dict:
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "model": message.model,
+        "created_at": _iso(message.created_at),
+        "finished_at": _iso(message.finished_at),
+        "metrics": {
+            "ttft_ms": message.ttft_ms,
+            "duration_ms": message.duration_ms,
+            "prompt_tokens": message.prompt_tokens,
+            "completion_tokens": message.completion_tokens,
+            "finish_reason": message.finish_reason,
+        },
+        "error": (
+            {"code": message.error_code, "message": message.error_message}
+            if message.error_code
+            else None
+        ),
+    }
+
+
+def conversation_detail(conversation: Conversation, messages: list[Message]) -> dict:
+    return {
+        **conversation_summary(conversation),
+        "system_prompt": conversation.system_prompt,
+        "message_count": len(messages),
+        "messages": [message_detail(message) for message in messages],
+    }
