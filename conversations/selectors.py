@@ -28,7 +28,11 @@ def message_get_for_user(user: AbstractBaseUser, conversation_id: int, message_i
 
 
 def conversation_api_list_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:
-    return Conversation.objects.filter(owner=user).annotate(message_count=Count("messages"))
+    return (
+        Conversation.objects.filter(owner=user)
+        .annotate(message_count=Count("messages"))
+        .order_by("-updated_at", "-id")
+    )
 
 
 async def conversation_aget_owned(user: AbstractBaseUser, conversation_id: int) -> Conversation:

@@ -1,0 +1,202 @@
+"""REST clients: API tokens, the conversation endpoints, stopping a reply, and input limits."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import httpx
+import pytest
+from django.core.management import call_command
+
+from conversations.models import ApiToken, Conversation, Message
+from tests.sse import content_frames, iter_frames
+from tests.test_stream_failures import wait_until
+
+
+def create_token(username: str, name: str = "cli") -> str:
+    out = io.StringIO()
+    call_command("create_api_token", username, "--name", name, stdout=out, stderr=io.StringIO())
+    return out.getvalue().strip().splitlines()[-1]
+
+
+def token_client(server, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=15
+    )
+
+
+def test_token_from_the_command_streams_without_csrf_and_only_its_hash_is_stored(
+    server, user, fake_upstream
+):
+    token = create_token("alice")
+
+    with token_client(server, token) as client:
+        response = client.post("/api/chat/stream", json={"message": "token stream"})
+
+    assert response.status_code == 200
+    assert response.text.endswith('"done": true, ' + response.text.rsplit('"done": true, ', 1)[1])
+    stored = ApiToken.objects.get(owner=user)
+    assert stored.name == "cli"
+    assert token.startswith(stored.prefix)
+    assert token not in (stored.digest, stored.prefix, stored.name)
+    assert stored.last_used_at is not None
+    conversation = Conversation.objects.get(pk=response.headers["x-conversation-id"])
+    assert conversation.owner == user
+
+
+def test_revoked_unknown_or_malformed_tokens_get_401_with_a_bearer_challenge(server, user):
+    token = create_token("alice")
+    ApiToken.objects.filter(owner=user).update(revoked_at="2026-01-01T00:00:00Z")
+
+    for header in (f"Bearer {token}", "Bearer cst_not-a-real-token", "Bearer", "Basic abc"):
+        response = httpx.get(f"{server.url}/api/conversations", headers={"Authorization": header})
+        assert response.status_code == 401, header
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.json()["error"]["code"] == "invalid_token"
+
+
+def test_a_bad_token_never_falls_back_to_the_session(server, client):
+    response = client.get("/api/conversations", headers={"Authorization": "Bearer wrong"})
+
+    assert response.status_code == 401
+
+
+def test_session_requests_that_change_state_still_need_csrf(server, client, user):
+    conversation = Conversation.objects.create(owner=user, title="keep me")
+
+    response = client.delete(
+        f"/api/conversations/{conversation.pk}", headers={"X-CSRFToken": "x" * 32}
+    )
+
+    assert response.status_code == 403
+    assert Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+def test_conversation_list_is_the_callers_own_newest_first_and_paginated(server, user, make_user):
+    other = make_user("mallory")
+    Conversation.objects.create(owner=other, title="not yours")
+    for index in range(25):
+        Conversation.objects.create(owner=user, title=f"c{index}")
+    token = create_token("alice")
+
+    with token_client(server, token) as client:
+        first = client.get("/api/conversations").json()
+        second = client.get("/api/conversations", params={"page": 2}).json()
+        bad = client.get("/api/conversations", params={"page": "zero"})
+
+    assert first["total"] == 25 and first["has_next"] is True
+    assert [c["title"] for c in first["results"]] == [f"c{i}" for i in range(24, 4, -1)]
+    assert [c["title"] for c in second["results"]] == [f"c{i}" for i in range(4, -1, -1)]
+    assert second["has_next"] is False
+    assert first["results"][0]["message_count"] == 0
+    assert bad.status_code == 400
+
+
+def test_conversation_detail_has_every_message_with_status_and_metrics(
+    server, client, fake_upstream
+):
+    fake_upstream.script("detail please", tokens=["a", "b"], usage=(5, 2))
+    started = client.post("/api/chat/stream", json={"message": "detail please"})
+    conversation_id = started.headers["x-conversation-id"]
+
+    detail = client.get(f"/api/conversations/{conversation_id}").json()
+
+    assert detail["id"] == int(conversation_id)
+    assert detail["system_prompt"] == "You are a helpful assistant."
+    user_message, reply = detail["messages"]
+    assert (user_message["role"], user_message["content"]) == ("user", "detail please")
+    assert reply["id"] == int(started.headers["x-message-id"])
+    assert (reply["role"], reply["content"], reply["status"]) == ("assistant", "ab", "complete")
+    assert reply["metrics"]["prompt_tokens"] == 5
+    assert reply["metrics"]["completion_tokens"] == 2
+    assert reply["metrics"]["finish_reason"] == "stop"
+    assert reply["metrics"]["ttft_ms"] is not None
+    assert reply["error"] is None
+
+
+def test_nobody_can_read_delete_or_cancel_another_users_conversation(server, client_for, make_user):
+    alice, bob = make_user("alice"), make_user("bob")
+    conversation = Conversation.objects.create(owner=alice, title="private")
+    message = Message.objects.create(
+        conversation=conversation, role="assistant", status="streaming"
+    )
+    bob_client = client_for(bob)
+
+    assert bob_client.get(f"/api/conversations/{conversation.pk}").status_code == 404
+    assert bob_client.delete(f"/api/conversations/{conversation.pk}").status_code == 404
+    assert bob_client.post(f"/api/messages/{message.pk}/cancel").status_code == 404
+    assert [c["id"] for c in bob_client.get("/api/conversations").json()["results"]] == []
+    assert Conversation.objects.filter(pk=conversation.pk).exists()
+    assert Message.objects.get(pk=message.pk).status == "streaming"
+
+
+def test_owner_deletes_a_conversation_with_its_messages(server, client, user):
+    conversation = Conversation.objects.create(owner=user, title="bye")
+    Message.objects.create(conversation=conversation, role="user", content="x")
+
+    response = client.delete(f"/api/conversations/{conversation.pk}")
+
+    assert response.status_code == 204
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    assert not Message.objects.filter(conversation_id=conversation.pk).exists()
+    assert client.get(f"/api/conversations/{conversation.pk}").status_code == 404
+
+
+def test_cancel_stops_a_reply_streaming_to_another_request(server, client, user, fake_upstream):
+    fake_upstream.script(
+        "stop from elsewhere", tokens=[f"t{i} " for i in range(500)], interval=0.02
+    )
+    token = create_token("alice")
+    frames = []
+
+    with client.stream(
+        "POST", "/api/chat/stream", json={"message": "stop from elsewhere"}
+    ) as response:
+        message_id = int(response.headers["x-message-id"])
+        reader = threading.Thread(target=lambda: frames.extend(iter_frames(response)))
+        reader.start()
+        wait_until(lambda: len(frames) >= 5)
+        with token_client(server, token) as api:
+            cancelled = api.post(f"/api/messages/{message_id}/cancel")
+        reader.join(5)
+
+    assert cancelled.status_code == 200
+    assert cancelled.json() == {"id": message_id, "status": "cancelled"}
+    data = content_frames(frames)
+    assert data[-1].json()["done"] is True
+    assert len(data) < 500
+    assert wait_until(lambda: fake_upstream.requests_for("stop from elsewhere")[-1].aborted)
+    saved = Message.objects.get(pk=message_id)
+    assert saved.status == "cancelled"
+    assert saved.content.startswith("t0 t1 t2 t3 ")
+    again = client.post(f"/api/messages/{message_id}/cancel")
+    assert again.json() == {"id": message_id, "status": "cancelled"}
+
+
+LIMIT_CASES = [
+    ({"message": "x" * 32_001}, "message_too_long"),
+    ({"message": "x", "system_prompt": "s" * 8_001}, "system_prompt_too_long"),
+    ({"message": "x", "history": [{"role": "user", "content": "h"}] * 101}, "history_too_long"),
+    (
+        {"message": "x", "history": [{"role": "user", "content": "h" * 32_001}]},
+        "history_item_too_long",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "code"), LIMIT_CASES, ids=[c for _, c in LIMIT_CASES])
+def test_input_over_a_limit_is_refused_with_the_limit_named(server, client, user, body, code):
+    response = client.post("/api/chat/stream", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+    assert "limit of" in response.json()["error"]["message"]
+    assert not Conversation.objects.filter(owner=user).exists()
+
+
+def test_get_message_over_the_limit_is_refused(server, client):
+    response = client.get("/api/chat/stream", params={"message": "x" * 32_001})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "message_too_long"

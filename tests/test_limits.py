@@ -1,0 +1,221 @@
+"""Rate limits and concurrent-stream limits, through running servers (one, and two on Redis)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from conversations.models import Message
+from tests.conftest import session_client
+from tests.sse import iter_frames
+from tests.test_stream_failures import wait_until
+
+SLOW_REPLY = {"tokens": [f"s{i} " for i in range(2000)], "interval": 0.02}
+
+
+@pytest.fixture(scope="module")
+def limited_server(start_server, fake_upstream):
+    return start_server(
+        "limited",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_RATE_LIMIT="5/m",
+        CACHE_KEY_PREFIX=f"limited-{uuid.uuid4().hex}",
+    )
+
+
+@pytest.fixture(scope="module")
+def slots_server(start_server, fake_upstream):
+    return start_server(
+        "slots",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_STREAMS_PER_USER="2",
+        CHAT_STREAM_QUEUE_LENGTH="1",
+        CHAT_STREAM_QUEUE_WAIT_SECONDS="3",
+    )
+
+
+@pytest.fixture(scope="module")
+def proxied_server(start_server, fake_upstream):
+    return start_server(
+        "proxied",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_RATE_LIMIT="3/m",
+        CHAT_TRUSTED_PROXIES="127.0.0.1",
+        CACHE_KEY_PREFIX=f"proxied-{uuid.uuid4().hex}",
+    )
+
+
+def test_fixed_window_limit_answers_429_with_retry_after_per_user(
+    limited_server, make_user, transactional_db
+):
+    alice, bob = make_user("alice"), make_user("bob")
+    with session_client(limited_server.url, alice) as client:
+        statuses = [client.get("/api/conversations").status_code for _ in range(5)]
+        limited = client.get("/api/conversations")
+    with session_client(limited_server.url, bob) as other:
+        bob_status = other.get("/api/conversations").status_code
+
+    assert statuses == [200] * 5
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert bob_status == 200
+
+
+def test_spoofed_forwarded_for_does_not_escape_the_anonymous_limit(
+    limited_server, transactional_db
+):
+    statuses = [
+        httpx.get(
+            f"{limited_server.url}/api/conversations",
+            headers={"X-Forwarded-For": f"203.0.113.{n}"},
+        ).status_code
+        for n in range(7)
+    ]
+
+    assert statuses[:5] == [401] * 5
+    assert statuses[5:] == [429, 429]
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_window(
+    proxied_server, transactional_db
+):
+    def anonymous(ip: str) -> int:
+        return httpx.get(
+            f"{proxied_server.url}/api/conversations", headers={"X-Forwarded-For": ip}
+        ).status_code
+
+    first = [anonymous("198.51.100.1") for _ in range(4)]
+    second = anonymous("198.51.100.2")
+
+    assert first == [401, 401, 401, 429]
+    assert second == 401
+
+
+def open_stream(client: httpx.Client, message: str) -> httpx.Response:
+    request = client.build_request("POST", "/api/chat/stream", json={"message": message})
+    return client.send(request, stream=True)
+
+
+def test_streams_over_the_limit_queue_in_order_then_get_429_when_the_queue_is_full(
+    slots_server, make_user, fake_upstream, transactional_db
+):
+    fake_upstream.script("slow stream", **SLOW_REPLY)
+    user = make_user("carol")
+    clients = [session_client(slots_server.url, user) for _ in range(4)]
+    first = open_stream(clients[0], "slow stream")
+    second = open_stream(clients[1], "slow stream")
+    assert (first.status_code, second.status_code) == (200, 200)
+    queued: list[httpx.Response] = []
+    waiter = threading.Thread(target=lambda: queued.append(open_stream(clients[2], "slow stream")))
+    waiter.start()
+    wait_until(lambda: len(fake_upstream.requests_for("slow stream")) >= 2)
+    time.sleep(0.3)
+
+    refused = clients[3].post("/api/chat/stream", json={"message": "slow stream"})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_streams"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert queued == []
+
+    first.close()
+    waiter.join(5)
+    assert queued and queued[0].status_code == 200
+    for response in (second, queued[0]):
+        response.close()
+    for client in clients:
+        client.close()
+    assert wait_until(lambda: not Message.objects.filter(status="streaming").exists(), timeout=5)
+
+
+def test_a_queued_stream_gives_up_with_429_when_no_slot_frees_in_time(
+    slots_server, make_user, fake_upstream, transactional_db
+):
+    fake_upstream.script("hold the slot", **SLOW_REPLY)
+    user = make_user("dora")
+    holders = [session_client(slots_server.url, user) for _ in range(2)]
+    held = [open_stream(client, "hold the slot") for client in holders]
+
+    with session_client(slots_server.url, user) as late:
+        started = time.monotonic()
+        response = late.post("/api/chat/stream", json={"message": "hold the slot"})
+        waited = time.monotonic() - started
+
+    assert response.status_code == 429
+    assert 2.5 <= waited < 6
+    for stream, client in zip(held, holders, strict=True):
+        stream.close()
+        client.close()
+
+
+def test_slots_are_given_back_when_streams_end_fail_or_disconnect(
+    slots_server, make_user, fake_upstream, transactional_db
+):
+    fake_upstream.script("quick one", tokens=["ok"])
+    fake_upstream.script("failing one", status=500)
+    fake_upstream.script("left early", **SLOW_REPLY)
+    user = make_user("erin")
+    with session_client(slots_server.url, user) as client:
+        for message in ("quick one", "failing one", "quick one", "failing one"):
+            client.post("/api/chat/stream", json={"message": message}).raise_for_status()
+        for _ in range(3):
+            stream = open_stream(client, "left early")
+            next(iter_frames(stream))
+            stream.close()
+        wait_until(lambda: not Message.objects.filter(status="streaming").exists())
+        both = [open_stream(client, "quick one") for _ in range(2)]
+
+    assert [r.status_code for r in both] == [200, 200]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set REDIS_URL so the shared-limit test runs against Redis.")
+        pytest.skip("REDIS_URL is not set: the cross-process limit needs Redis (CI sets it).")
+    return url
+
+
+def test_two_server_processes_share_stream_slots_through_redis(
+    start_server, fake_upstream, redis_url, make_user, transactional_db
+):
+    shared = {
+        "CHAT_PROVIDER": "openai",
+        "OPENAI_BASE_URL": fake_upstream.base_url,
+        "REDIS_URL": redis_url,
+        "CHAT_STREAMS_PER_USER": "2",
+        "CHAT_STREAM_QUEUE_LENGTH": "0",
+        "CACHE_KEY_PREFIX": f"shared-{uuid.uuid4().hex}",
+    }
+    one = start_server("redis-one", **shared)
+    two = start_server("redis-two", **shared)
+    fake_upstream.script("shared slot", **SLOW_REPLY)
+    user = make_user("frida")
+    clients = [session_client(server.url, user) for server in (one, two, one, two)]
+
+    first = open_stream(clients[0], "shared slot")
+    second = open_stream(clients[1], "shared slot")
+    third = clients[2].post("/api/chat/stream", json={"message": "shared slot"})
+    fourth = clients[3].post("/api/chat/stream", json={"message": "shared slot"})
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (third.status_code, fourth.status_code) == (429, 429)
+
+    first.close()
+    wait_until(lambda: fake_upstream.requests_for("shared slot")[0].aborted)
+    time.sleep(0.2)
+    after = open_stream(clients[3], "shared slot")
+    assert after.status_code == 200
+    for response in (second, after):
+        response.close()
+    for client in clients:
+        client.close()
