@@ -42,6 +42,7 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
             except ApiError as error:
                 return api_error_response(error)
 
+        wrapper.allowed_methods = methods
         return wrapper
 
     return decorator

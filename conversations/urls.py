@@ -19,4 +19,5 @@ urlpatterns = [
         name="api-conversation-detail",
     ),
     path("api/messages/<int:message_id>/cancel", views.message_cancel, name="api-message-cancel"),
+    path("api/openapi.json", views.openapi_json, name="api-openapi"),
 ]

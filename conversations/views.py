@@ -20,6 +20,7 @@ from .inputs import (
 )
 from .limits import stream_slots
 from .models import Message
+from .openapi import openapi_document
 from .selectors import (
     SIDEBAR_LENGTH,
     conversation_aget_owned,
@@ -138,6 +139,10 @@ async def message_cancel(request: HttpRequest, message_id: int) -> HttpResponse:
             )
         await message.arefresh_from_db()
     return JsonResponse({"id": message.pk, "status": message.status})
+
+
+def openapi_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(openapi_document(), json_dumps_params={"indent": 2})
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

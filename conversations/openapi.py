@@ -1,0 +1,317 @@
+"""The OpenAPI 3.1 description of every ``/api/`` endpoint (served at /api/openapi.json).
+
+A test compares its paths and methods with the URL configuration, so it cannot drift silently.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+COMMON_ERRORS = {
+    "401": _error("Missing, bad or revoked credentials (with `WWW-Authenticate: Bearer`)."),
+    "429": _error("Over the rate limit (`Retry-After` gives the seconds to wait)."),
+}
+
+SSE_DESCRIPTION = (
+    "Server-Sent Events. Token frames, then a final frame; `: ping` comments every "
+    "CHAT_KEEPALIVE_SECONDS while idle. A failure after the stream started ends it with "
+    '`event: error` and `data: {"code": "...", "message": "..."}`. Headers: '
+    "`Cache-Control: no-cache`, `X-Accel-Buffering: no`, `X-Conversation-Id`, `X-Message-Id`."
+)
+
+STREAM_ERRORS = {
+    "400": _error("Malformed JSON, a missing or empty message, wrong types, or a field over "
+                  "its limit (the code names it, e.g. `message_too_long`)."),
+    "403": _error("CSRF check failed (session requests), or a cross-site GET."),
+    "404": _error("Unknown conversation, or someone else's."),
+    "405": _error("Method not allowed."),
+    **COMMON_ERRORS,
+    "429": _error("Over the rate limit, or too many concurrent streams (`too_many_streams`): "
+                  "the queue was full or no slot freed in time. `Retry-After` is set."),
+}  # fmt: skip
+
+
+def _stream_response(example: str) -> dict:
+    return {
+        "description": SSE_DESCRIPTION,
+        "headers": {
+            "X-Conversation-Id": {"schema": {"type": "integer"}},
+            "X-Message-Id": {"schema": {"type": "integer"}},
+        },
+        "content": {"text/event-stream": {"schema": {"type": "string"}, "example": example}},
+    }
+
+
+def openapi_document() -> dict:
+    limits = {
+        "message": settings.CHAT_MAX_MESSAGE_CHARS,
+        "system_prompt": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
+        "history_items": settings.CHAT_MAX_HISTORY_ITEMS,
+        "history_item": settings.CHAT_MAX_HISTORY_ITEM_CHARS,
+        "body_bytes": settings.CHAT_MAX_BODY_BYTES,
+    }
+    conversation_id = {
+        "name": "conversation_id", "in": "path", "required": True, "schema": {"type": "integer"},
+    }  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "chatsite API",
+            "version": "1",
+            "description": (
+                "Streams language-model replies over SSE and keeps every exchange. "
+                "Authenticate with `Authorization: Bearer <token>` (exempt from CSRF) or a "
+                "browser session (unsafe methods need `X-CSRFToken`). Rate limit: "
+                f"{settings.CHAT_RATE_LIMIT} per user (per IP when anonymous); at most "
+                f"{settings.CHAT_STREAMS_PER_USER} concurrent streams per user."
+            ),
+        },
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": {
+            "/api/chat/stream": {
+                "get": {
+                    "summary": "Stream a reply (EventSource, curl)",
+                    "parameters": [
+                        {
+                            "name": "message",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": limits["message"]},
+                        },
+                        {
+                            "name": "conversation_id",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer"},
+                        },
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "description": "An EventSource reconnect: answered 204, no reply.",
+                            "schema": {"type": "string"},
+                        },
+                    ],  # fmt: skip
+                    "responses": {
+                        "200": _stream_response('id: 1\ndata: "Hello"\n\nid: 2\ndata: [DONE]\n\n'),
+                        "204": {"description": "Reconnect after the end: nothing to resume."},
+                        **STREAM_ERRORS,
+                    },
+                },
+                "post": {
+                    "summary": "Stream a reply (fetch clients)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ChatRequest")}},
+                    },
+                    "responses": {
+                        "200": _stream_response(
+                            'data: {"token": "Hello", "done": false}\n\n'
+                            'data: {"token": "", "done": true, "conversation_id": 1, '
+                            '"message_id": 2}\n\n'
+                        ),
+                        **STREAM_ERRORS,
+                        "413": _error(f"Body larger than {limits['body_bytes']} bytes."),
+                        "415": _error("Body is not application/json."),
+                    },
+                },
+            },
+            "/api/conversations": {
+                "get": {
+                    "summary": "The caller's conversations, newest first",
+                    "parameters": [
+                        {"name": "page", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "page_size",
+                            "in": "query",
+                            "schema": {"type": "integer", "maximum": 100, "default": 20},
+                        },
+                    ],  # fmt: skip
+                    "responses": {
+                        "200": {
+                            "description": "One page.",
+                            "content": {"application/json": {"schema": _ref("ConversationPage")}},
+                        },
+                        "400": _error("Bad page parameters."),
+                        **COMMON_ERRORS,
+                    },
+                }
+            },
+            "/api/conversations/{conversation_id}": {
+                "parameters": [conversation_id],
+                "get": {
+                    "summary": "One conversation with its messages",
+                    "responses": {
+                        "200": {
+                            "description": "The conversation.",
+                            "content": {"application/json": {"schema": _ref("ConversationDetail")}},
+                        },
+                        "404": _error("Unknown conversation, or someone else's."),
+                        **COMMON_ERRORS,
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a conversation (stopping its running replies)",
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        "403": _error("CSRF check failed (session requests)."),
+                        "404": _error("Unknown conversation, or someone else's."),
+                        **COMMON_ERRORS,
+                    },
+                },
+            },
+            "/api/messages/{message_id}/cancel": {
+                "parameters": [
+                    {
+                        "name": "message_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer"},
+                    }
+                ],  # fmt: skip
+                "post": {
+                    "summary": "Stop a reply that is still streaming (partial text kept)",
+                    "responses": {
+                        "200": {
+                            "description": "The reply's status after the request.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "id": {"type": "integer"},
+                                            "status": _ref("MessageStatus"),
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "403": _error("CSRF check failed (session requests)."),
+                        "404": _error("Unknown message, or someone else's."),
+                        "409": _error("The reply streams in another server process."),
+                        **COMMON_ERRORS,
+                    },
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+            },
+            "schemas": _schemas(limits),
+        },
+    }
+
+
+def _schemas(limits: dict) -> dict:
+    text = {"type": "string"}
+    nullable_int = {"type": ["integer", "null"]}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": text, "message": text},
+                }
+            },
+        },
+        "StreamError": {
+            "description": "The data of an `event: error` frame.",
+            "type": "object",
+            "properties": {"code": text, "message": text},
+        },
+        "ChatRequest": {
+            "type": "object",
+            "required": ["message"],
+            "properties": {
+                "message": {"type": "string", "minLength": 1, "maxLength": limits["message"]},
+                "system_prompt": {"type": "string", "maxLength": limits["system_prompt"]},
+                "systemPrompt": {"type": "string", "description": "Alias of system_prompt."},
+                "history": {
+                    "type": "array",
+                    "maxItems": limits["history_items"],
+                    "items": {
+                        "type": "object",
+                        "required": ["role", "content"],
+                        "properties": {
+                            "role": {"enum": ["user", "assistant"]},
+                            "content": {"type": "string", "maxLength": limits["history_item"]},
+                        },
+                    },
+                },
+                "conversation_id": {"type": "integer", "minimum": 1},
+            },
+        },
+        "MessageStatus": {
+            "enum": ["streaming", "complete", "cancelled", "error", "interrupted"],
+        },
+        "Message": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "role": {"enum": ["user", "assistant"]},
+                "content": text,
+                "status": _ref("MessageStatus"),
+                "model": text,
+                "created_at": {"type": "string", "format": "date-time"},
+                "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                "metrics": {
+                    "type": "object",
+                    "properties": {
+                        "ttft_ms": nullable_int,
+                        "duration_ms": nullable_int,
+                        "prompt_tokens": nullable_int,
+                        "completion_tokens": nullable_int,
+                        "finish_reason": text,
+                    },
+                },
+                "error": {"oneOf": [{"type": "null"}, _ref("StreamError")]},
+            },
+        },
+        "ConversationSummary": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "title": text,
+                "model": text,
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "message_count": {"type": "integer"},
+            },
+        },
+        "ConversationDetail": {
+            "allOf": [
+                _ref("ConversationSummary"),
+                {
+                    "type": "object",
+                    "properties": {
+                        "system_prompt": text,
+                        "messages": {"type": "array", "items": _ref("Message")},
+                    },
+                },
+            ]
+        },
+        "ConversationPage": {
+            "type": "object",
+            "properties": {
+                "results": {"type": "array", "items": _ref("ConversationSummary")},
+                "page": {"type": "integer"},
+                "page_size": {"type": "integer"},
+                "total": {"type": "integer"},
+                "has_next": {"type": "boolean"},
+            },
+        },
+    }
