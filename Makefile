@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser run test lint format migrations-check ci clean
+.PHONY: install browser run test lint format migrations-check bench bench-quick ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --editable '.[test]'
+	$(BIN)/pip install --quiet --editable '.[test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,7 +47,14 @@ migrations-check: install
 test: install browser lint migrations-check
 	$(BIN)/pytest
 
-ci: test
+# The relay against its peers (needs PostgreSQL and Redis on 127.0.0.1; a few minutes).
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-quick: install
+	$(BIN)/python -m bench.run --quick
+
+ci: test bench-quick
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

@@ -1,0 +1,501 @@
+"""``make bench``: this project against its peers, side by side, same upstream, same load.
+
+Every target is uvicorn with one worker pinned to CPU 0; the upstream and this load generator
+are pinned to CPU 1. Scenarios run target by target in alternating rounds (A B C D A B C D) so
+drift shows. Results go to bench/results/ as JSON, Markdown and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from bench import loadgen
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+INTERVAL = 0.02
+DELAY = 0.1
+SERVER_CPU, CLIENT_CPU = "0", "1"
+
+PEERS = {
+    "starlette": "bench.peers.starlette_relay:app",
+    "fastapi": "bench.peers.fastapi_relay:app",
+    "passthrough": "bench.peers.passthrough:app",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pinned(cpu: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *command] if os.cpu_count() and os.cpu_count() > 1 else command
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process on port {port} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+class Target:
+    def __init__(self, name: str, app: str, env: dict[str, str], tokens: list[str] | None):
+        self.name, self.tokens = name, tokens
+        self.port = free_port()
+        command = [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(self.port),
+            "--no-access-log",
+            "--lifespan",
+            "off",
+            "--no-proxy-headers",
+            "--backlog",
+            "4096",
+        ]
+        self.process = subprocess.Popen(
+            pinned(SERVER_CPU, command),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(RESULTS / f"{name}.log", "w"),  # noqa: SIM115
+        )
+        wait_for_port(self.port, self.process)
+
+    def token(self, index: int) -> str | None:
+        return self.tokens[index % len(self.tokens)] if self.tokens else None
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def rss_kb(self) -> int:
+        return int(Path(f"/proc/{self.process.pid}/statm").read_text().split()[1]) * PAGE_KB
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def spread(values: list[float], with_max: bool = True) -> dict[str, float | None]:
+    result = {"p50": percentile(values, 50), "p99": percentile(values, 99)}
+    if with_max:
+        result["max"] = max(values, default=None)
+    return result
+
+
+def upstream_stats(port: int) -> dict[int, dict]:
+    return {r["id"]: r for r in httpx.get(f"http://127.0.0.1:{port}/stats", timeout=30).json()}
+
+
+async def run_streams(target: Target, upstream_port: int, specs: list[dict]) -> dict:
+    """Run the given streams against one target; measure server CPU, RSS and the client side."""
+    rss_before, cpu_before = target.rss_kb(), target.cpu_seconds()
+    own_before = time.process_time()
+    peak_rss = rss_before
+    started = time.monotonic()
+
+    async def sample_rss() -> None:
+        nonlocal peak_rss
+        while True:
+            peak_rss = max(peak_rss, target.rss_kb())
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.ensure_future(sample_rss())
+    tasks = []
+    for spec in specs:
+        if spec.get("start_after"):
+            await asyncio.sleep(spec["start_after"])
+        prompt = (
+            f"tokens={spec['tokens']} interval={spec['interval']} delay={DELAY} id={spec['id']}"
+        )
+        tasks.append(
+            asyncio.ensure_future(
+                loadgen.stream(
+                    target.port,
+                    spec["id"],
+                    prompt,
+                    token=target.token(spec["id"]),
+                    close_after=spec.get("close_after"),
+                )
+            )
+        )
+    results = await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(1.0 if any(s.get("close_after") for s in specs) else 0.2)
+    sampler.cancel()
+    cpu = target.cpu_seconds() - cpu_before
+    records = upstream_stats(upstream_port)
+    tokens = sum(len(r.arrivals) for r in results)
+    ttft_overhead, aborts, never_aborted = [], [], 0
+    for result in results:
+        record = records.get(result.id)
+        if record and result.first_at and record["first_token_at"]:
+            upstream_ttft = record["first_token_at"] - record["started"]
+            ttft_overhead.append((result.first_at - result.sent_at - upstream_ttft) * 1000)
+        if result.closed_at is not None:
+            if record and record["aborted_at"]:
+                aborts.append((record["aborted_at"] - result.closed_at) * 1000)
+            else:
+                never_aborted += 1
+    gaps = [g * 1000 for r in results for g in r.gaps]
+    return {
+        "streams": len(specs),
+        "tokens": tokens,
+        "seconds": elapsed,
+        "tokens_per_second": tokens / elapsed if elapsed else 0,
+        "cpu_ms_per_1k_tokens": cpu * 1000 / tokens * 1000 if tokens else None,
+        "server_cpu_seconds": cpu,
+        "loadgen_cpu_seconds": time.process_time() - own_before,
+        "ttft_overhead_ms": spread(ttft_overhead, with_max=False),
+        "gap_ms": spread(gaps),
+        "rss_kb_per_stream": (peak_rss - rss_before) / len(specs),
+        "abort_ms": spread(aborts),
+        "never_aborted": never_aborted,
+        "errors": sum(1 for r in results if r.error),
+        "error_samples": sorted({r.error for r in results if r.error})[:3],
+    }
+
+
+class Ids:
+    def __init__(self) -> None:
+        self.next = 1
+
+    def take(self, count: int) -> range:
+        first = self.next
+        self.next += count
+        return range(first, first + count)
+
+
+def steady(ids: Ids, streams: int, tokens: int = 100) -> list[dict]:
+    return [{"id": i, "tokens": tokens, "interval": INTERVAL} for i in ids.take(streams)]
+
+
+def saturation(ids: Ids, streams: int, tokens: int) -> list[dict]:
+    return [{"id": i, "tokens": tokens, "interval": 0} for i in ids.take(streams)]
+
+
+def disconnect_wave(ids: Ids, streams: int) -> list[dict]:
+    return [
+        {"id": i, "tokens": 1000, "interval": INTERVAL, "close_after": 10}
+        for i in ids.take(streams)
+    ]
+
+
+def disconnect_churn(ids: Ids, busy: int, streams: int) -> list[dict]:
+    """``streams`` short-lived clients one after another while ``busy`` streams keep going."""
+    background = [{"id": i, "tokens": 250, "interval": INTERVAL} for i in ids.take(busy)]
+    churn = [
+        {"id": i, "tokens": 1000, "interval": INTERVAL, "close_after": 10, "start_after": 0.02}
+        for i in ids.take(streams)
+    ]
+    return background + churn
+
+
+async def capacity(target: Target, upstream_port: int, ids: Ids, start: int, limit: int) -> dict:
+    """Raise N until the gap p99 passes 1.3x the upstream's interval or an error appears."""
+    held, steps, streams = 0, [], start
+    while streams <= limit:
+        result = await run_streams(target, upstream_port, steady(ids, streams))
+        ok = result["errors"] == 0 and result["gap_ms"]["p99"] <= 1.3 * INTERVAL * 1000
+        steps.append(
+            {
+                "streams": streams,
+                "gap_p99_ms": result["gap_ms"]["p99"],
+                "errors": result["errors"],
+                "held": ok,
+            }
+        )
+        if not ok:
+            break
+        held = streams
+        streams = int(streams * 1.25)
+    return {"streams_per_core": held, "steps": steps}
+
+
+def machine() -> dict:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "pinning": f"servers on CPU {SERVER_CPU}; upstream and load generator on CPU "
+        f"{CLIENT_CPU} (taskset)",
+    }
+
+
+def chatsite_env(base: dict[str, str], upstream_url: str) -> tuple[dict[str, str], list[str]]:
+    database = os.environ.get(
+        "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatsite_bench"
+    )
+    redis = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+    name = database.rsplit("/", 1)[1]
+    admin = database.rsplit("/", 1)[0] + "/postgres"
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as connection:
+        if not connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+        ).fetchone():
+            connection.execute(f'CREATE DATABASE "{name}"')
+    env = {
+        **base,
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "bench-" + "x" * 50,
+        "DATABASE_URL": database,
+        "REDIS_URL": redis,
+        "CHAT_PROVIDER": "openai",
+        "OPENAI_API_KEY": "bench",
+        "OPENAI_BASE_URL": upstream_url,
+        "OPENAI_MAX_RETRIES": "0",
+        "CHAT_MODEL": "bench",
+        "CHAT_RATE_LIMIT": "100000/m",
+        "CHAT_STREAMS_PER_USER": "10",
+        "CACHE_KEY_PREFIX": f"bench-{os.getpid()}",
+    }
+    setup = subprocess.run(
+        [PYTHON, "-m", "bench.chatsite_setup", "500"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return env, setup.stdout.split()
+
+
+async def main(quick: bool, only: list[str] | None) -> dict:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    os.sched_setaffinity(0, {int(CLIENT_CPU)}) if (os.cpu_count() or 1) > 1 else None
+    upstream_port = free_port()
+    upstream = subprocess.Popen(
+        pinned(CLIENT_CPU, [PYTHON, "-m", "bench.upstream", "--port", str(upstream_port)]), cwd=ROOT
+    )
+    wait_for_port(upstream_port, upstream)
+    upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+    base = {**os.environ, "OPENAI_BASE_URL": upstream_url, "PYTHONPATH": str(ROOT)}
+    env, tokens = chatsite_env(base, upstream_url)
+    targets = [Target("chatsite", "chatsite.asgi:application", env, tokens)]
+    targets += [Target(name, app, base, None) for name, app in PEERS.items()]
+    targets = [t for t in targets if not only or t.name in only]
+    ids = Ids()
+    plan = {
+        "steady": [20] if quick else [50, 100, 200],
+        "rounds": 1 if quick else 2,
+        "saturation": (20, 200) if quick else (50, 1000),
+        "wave": 20 if quick else 50,
+        "churn": (20, 40) if quick else (100, 200),
+        "capacity": None if quick else (150, 2000),
+    }
+    scenarios: dict[str, dict[str, list[dict]]] = {}
+
+    def record(scenario: str, target: Target, result: dict) -> None:
+        scenarios.setdefault(scenario, {}).setdefault(target.name, []).append(result)
+        print(f"{scenario:>22} {target.name:>12}: {summary(result)}", flush=True)
+
+    try:
+        for _ in range(plan["rounds"]):
+            for streams in plan["steady"]:
+                for target in targets:
+                    await asyncio.sleep(0.5)
+                    record(
+                        f"steady {streams}",
+                        target,
+                        await run_streams(target, upstream_port, steady(ids, streams)),
+                    )
+            for target in targets:
+                record(
+                    "saturation",
+                    target,
+                    await run_streams(target, upstream_port, saturation(ids, *plan["saturation"])),
+                )
+            for target in targets:
+                record(
+                    "disconnect wave",
+                    target,
+                    await run_streams(target, upstream_port, disconnect_wave(ids, plan["wave"])),
+                )
+                record(
+                    "disconnect churn",
+                    target,
+                    await run_streams(target, upstream_port, disconnect_churn(ids, *plan["churn"])),
+                )
+        capacities = {}
+        if plan["capacity"]:
+            for target in targets:
+                capacities[target.name] = await capacity(
+                    target, upstream_port, ids, *plan["capacity"]
+                )
+                print(
+                    f"capacity {target.name}: {capacities[target.name]['streams_per_core']}",
+                    flush=True,
+                )
+    finally:
+        for target in targets:
+            target.stop()
+        upstream.terminate()
+    return {"machine": machine(), "plan": plan, "scenarios": scenarios, "capacity": capacities}
+
+
+def summary(result: dict) -> str:
+    ttft = result["ttft_overhead_ms"]
+    return (
+        f"{result['tokens_per_second']:8.0f} tok/s  cpu {fmt(result['cpu_ms_per_1k_tokens'])} "
+        f"ms/1k  ttft+ {fmt(ttft['p50'])}/{fmt(ttft['p99'])}"
+        f"  gap p99 {fmt(result['gap_ms']['p99'])}  abort p99 {fmt(result['abort_ms']['p99'])}"
+        f"  never {result['never_aborted']}  errors {result['errors']}"
+    )
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def mean_of(runs: list[dict], path: tuple[str, ...]) -> float | None:
+    values = []
+    for run in runs:
+        value = run
+        for key in path:
+            value = value[key]
+        if value is not None:
+            values.append(value)
+    return statistics.fmean(values) if values else None
+
+
+def markdown(report: dict) -> str:
+    info = report["machine"]
+    lines = [
+        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}; "
+        f"{info['pinning']}. {info['date']}.",
+        "",
+    ]
+    columns = [
+        "target",
+        "tokens/s",
+        "CPU ms/1k tok",
+        "× floor",
+        "TTFT+ p50/p99 ms",
+        "gap p50/p99/max ms",
+        "RSS KB/stream",
+        "abort p50/p99/max ms",
+        "never aborted",
+        "errors",
+    ]
+    for scenario, by_target in report["scenarios"].items():
+        floor = mean_of(by_target.get("passthrough", []), ("cpu_ms_per_1k_tokens",))
+        lines += [
+            f"### {scenario}",
+            "",
+            "| " + " | ".join(columns) + " |",
+            "|" + "---|" * len(columns),
+        ]
+        for name, runs in by_target.items():
+            cpu = mean_of(runs, ("cpu_ms_per_1k_tokens",))
+            row = [
+                name,
+                fmt(mean_of(runs, ("tokens_per_second",)), 0),
+                fmt(cpu),
+                fmt(cpu / floor if cpu and floor else None, 2),
+                f"{fmt(mean_of(runs, ('ttft_overhead_ms', 'p50')))} / "
+                f"{fmt(mean_of(runs, ('ttft_overhead_ms', 'p99')))}",
+                " / ".join(fmt(mean_of(runs, ("gap_ms", k))) for k in ("p50", "p99", "max")),
+                fmt(mean_of(runs, ("rss_kb_per_stream",))),
+                " / ".join(fmt(mean_of(runs, ("abort_ms", k))) for k in ("p50", "p99", "max")),
+                str(sum(r["never_aborted"] for r in runs)),
+                str(sum(r["errors"] for r in runs)),
+            ]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    if report["capacity"]:
+        lines += [
+            "### capacity (streams per core, 100 tokens at 50 tokens/s, gap p99 ≤ 26 ms)",
+            "",
+            "| target | streams | steps (N: gap p99 ms) |",
+            "|---|---|---|",
+        ]
+        for name, found in report["capacity"].items():
+            steps = ", ".join(f"{s['streams']}: {fmt(s['gap_p99_ms'])}" for s in found["steps"])
+            lines.append(f"| {name} | {found['streams_per_core']} | {steps} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenario = next(iter(report["scenarios"]))
+    names = list(report["scenarios"][scenario])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in names:
+        gaps = [
+            (r["gap_ms"]["p50"], r["gap_ms"]["p99"]) for r in report["scenarios"][scenario][name]
+        ]
+        left.scatter([g[0] for g in gaps], [g[1] for g in gaps], label=name)
+    left.axhline(1.3 * INTERVAL * 1000, linestyle="--", color="grey", label="1.3× interval")
+    left.set(title=f"Inter-token gap, {scenario}", xlabel="p50 ms", ylabel="p99 ms")
+    left.legend()
+    saturation = report["scenarios"].get("saturation", {})
+    right.bar(
+        list(saturation), [mean_of(runs, ("cpu_ms_per_1k_tokens",)) for runs in saturation.values()]
+    )
+    right.set(title="Server CPU per 1,000 tokens (saturation)", ylabel="ms")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    parser.add_argument("--only", nargs="*", help="target names to run")
+    args = parser.parse_args()
+    report = asyncio.run(main(args.quick, args.only))
+    stem = "quick" if args.quick else "latest"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{stem}.md").write_text(markdown(report))
+    plot(report, RESULTS / f"{stem}.png")
+    print(markdown(report))
