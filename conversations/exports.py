@@ -1,0 +1,53 @@
+"""Conversations as plain data, for staff exports."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch, QuerySet
+
+from .models import Conversation, Message
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+def message_export(message: Message) -> dict:
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "model": message.model,
+        "created_at": _iso(message.created_at),
+        "finished_at": _iso(message.finished_at),
+        "ttft_ms": message.ttft_ms,
+        "duration_ms": message.duration_ms,
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "finish_reason": message.finish_reason,
+        "error_code": message.error_code,
+        "error_message": message.error_message,
+    }
+
+
+def conversations_export(conversations: QuerySet[Conversation]) -> list[dict]:
+    """Every conversation with every message in order, in three queries however many."""
+    ordered = Message.objects.order_by("created_at", "id")
+    queryset = (
+        conversations.select_related("owner")
+        .prefetch_related(Prefetch("messages", queryset=ordered))
+        .order_by("id")
+    )
+    return [
+        {
+            "id": conversation.pk,
+            "title": conversation.title,
+            "owner": conversation.owner.get_username(),
+            "model": conversation.model,
+            "system_prompt": conversation.system_prompt,
+            "created_at": _iso(conversation.created_at),
+            "updated_at": _iso(conversation.updated_at),
+            "messages": [message_export(m) for m in conversation.messages.all()],
+        }
+        for conversation in queryset
+    ]
