@@ -163,6 +163,22 @@ def server(live_server_process, transactional_db) -> LiveServer:
     return live_server_process
 
 
+@pytest.fixture(autouse=True)
+def settle_replies(request):
+    """After a database test, let the servers finish saving replies before tables are flushed
+    (a flush racing a server's final UPDATE can deadlock on PostgreSQL)."""
+    if "transactional_db" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    yield
+    from conversations.models import Message
+
+    deadline = time.monotonic() + 5
+    while Message.objects.filter(status="streaming").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def make_user(transactional_db):
     def make(username: str = "alice", **fields):

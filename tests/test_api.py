@@ -129,6 +129,7 @@ def test_nobody_can_read_delete_or_cancel_another_users_conversation(server, cli
     assert [c["id"] for c in bob_client.get("/api/conversations").json()["results"]] == []
     assert Conversation.objects.filter(pk=conversation.pk).exists()
     assert Message.objects.get(pk=message.pk).status == "streaming"
+    Message.objects.filter(pk=message.pk).update(status="interrupted")
 
 
 def test_owner_deletes_a_conversation_with_its_messages(server, client, user):

@@ -36,7 +36,7 @@ def slots_server(start_server, fake_upstream):
         CHAT_PROVIDER="openai",
         OPENAI_BASE_URL=fake_upstream.base_url,
         CHAT_STREAMS_PER_USER="2",
-        CHAT_STREAM_QUEUE_LENGTH="1",
+        CHAT_STREAM_QUEUE_LENGTH="2",
         CHAT_STREAM_QUEUE_WAIT_SECONDS="3",
     )
 
@@ -110,30 +110,39 @@ def test_streams_over_the_limit_queue_in_order_then_get_429_when_the_queue_is_fu
 ):
     fake_upstream.script("slow stream", **SLOW_REPLY)
     user = make_user("carol")
-    clients = [session_client(slots_server.url, user) for _ in range(4)]
-    first = open_stream(clients[0], "slow stream")
-    second = open_stream(clients[1], "slow stream")
-    assert (first.status_code, second.status_code) == (200, 200)
-    queued: list[httpx.Response] = []
-    waiter = threading.Thread(target=lambda: queued.append(open_stream(clients[2], "slow stream")))
-    waiter.start()
-    wait_until(lambda: len(fake_upstream.requests_for("slow stream")) >= 2)
-    time.sleep(0.3)
+    clients = [session_client(slots_server.url, user) for _ in range(5)]
+    holders = [open_stream(clients[0], "slow stream"), open_stream(clients[1], "slow stream")]
+    assert [h.status_code for h in holders] == [200, 200]
+    started: dict[str, httpx.Response] = {}
 
-    refused = clients[3].post("/api/chat/stream", json={"message": "slow stream"})
+    def wait_in_queue(name: str, client: httpx.Client) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: started.__setitem__(name, open_stream(client, "slow stream"))
+        )
+        thread.start()
+        time.sleep(0.4)
+        return thread
+
+    first = wait_in_queue("first", clients[2])
+    second = wait_in_queue("second", clients[3])
+    refused = clients[4].post("/api/chat/stream", json={"message": "slow stream"})
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "too_many_streams"
     assert int(refused.headers["retry-after"]) >= 1
-    assert queued == []
+    assert started == {}
 
-    first.close()
-    waiter.join(5)
-    assert queued and queued[0].status_code == 200
-    for response in (second, queued[0]):
+    holders[0].close()
+    first.join(5)
+    assert started["first"].status_code == 200
+    assert "second" not in started
+    holders[1].close()
+    second.join(5)
+    assert started["second"].status_code == 200
+    for response in started.values():
         response.close()
     for client in clients:
         client.close()
-    assert wait_until(lambda: not Message.objects.filter(status="streaming").exists(), timeout=5)
+    assert wait_until(lambda: not Message.objects.filter(status="streaming").exists())
 
 
 def test_a_queued_stream_gives_up_with_429_when_no_slot_frees_in_time(
