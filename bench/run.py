@@ -322,6 +322,8 @@ async def main(quick: bool, only: list[str] | None) -> dict:
     targets += [Target(name, app, base, None) for name, app in PEERS.items()]
     targets = [t for t in targets if not only or t.name in only]
     ids = Ids()
+    for target in targets:
+        await run_streams(target, upstream_port, steady(ids, 20, tokens=5))
     plan = {
         "steady": [20] if quick else [50, 100, 200],
         "rounds": 1 if quick else 2,
