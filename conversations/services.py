@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from .errors import ApiError
@@ -100,7 +100,16 @@ def reply_open(
     return OpenedReply(conversation, user_message, assistant_message, prompt)
 
 
-reply_aopen = sync_to_async(reply_open)
+def reply_open_and_release(**kwargs) -> OpenedReply:
+    """reply_open, then hand this thread's database connection back to the pool: a reply
+    streams for seconds or minutes and must not hold a connection meanwhile."""
+    try:
+        return reply_open(**kwargs)
+    finally:
+        connection.close()
+
+
+reply_aopen = sync_to_async(reply_open_and_release)
 
 
 def message_finalize(
