@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -10,6 +11,7 @@ import openai
 from openai import AsyncOpenAI
 
 from .base import ChatMessage, ChatProvider, ProviderError, StreamOutcome
+from .events import EventDataReader
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +39,49 @@ class OpenAICompatibleProvider(ChatProvider):
     async def stream(
         self, messages: Sequence[ChatMessage], outcome: StreamOutcome
     ) -> AsyncIterator[str]:
+        """The SDK sends the request (auth, retries, status errors); the event stream itself is
+        parsed here from bytes, skipping the SDK's per-chunk pydantic objects."""
+        request = self.completions.with_streaming_response.create(
+            model=self.model,
+            messages=list(messages),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         try:
-            stream = await self.completions.create(
-                model=self.model,
-                messages=list(messages),
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        except openai.APIError as exc:
-            raise upstream_error(exc) from exc
-        try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    outcome.prompt_tokens = chunk.usage.prompt_tokens
-                    outcome.completion_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    if choice.finish_reason:
-                        outcome.finish_reason = choice.finish_reason
-                    content = choice.delta.content if choice.delta else None
-                    if content:
-                        yield content
+            async with request as response:
+                reader = EventDataReader()
+                async for received in response.http_response.aiter_bytes():
+                    for payload in reader.feed(received):
+                        if payload == b"[DONE]":
+                            return
+                        for content in deltas(payload, outcome):
+                            yield content
         except (openai.APIError, httpx.HTTPError) as exc:
             raise upstream_error(exc) from exc
-        finally:
-            await stream.close()
+
+
+def deltas(payload: bytes, outcome: StreamOutcome) -> list[str]:
+    """The non-empty text deltas of one chunk; its finish reason and usage go on ``outcome``."""
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
+        logger.warning("upstream sent a malformed chunk: %.200r", payload)
+        raise ProviderError("upstream_error", "The model service sent a malformed reply.") from None
+    if "error" in chunk:
+        logger.warning("upstream error in stream: %.500r", chunk["error"])
+        raise ProviderError("upstream_error", "The model service failed mid-reply.")
+    usage = chunk.get("usage")
+    if usage:
+        outcome.prompt_tokens = usage.get("prompt_tokens")
+        outcome.completion_tokens = usage.get("completion_tokens")
+    contents = []
+    for choice in chunk.get("choices") or ():
+        if choice.get("finish_reason"):
+            outcome.finish_reason = choice["finish_reason"]
+        content = (choice.get("delta") or {}).get("content")
+        if content:
+            contents.append(content)
+    return contents
 
 
 def upstream_error(exc: Exception) -> ProviderError:
