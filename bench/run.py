@@ -173,6 +173,8 @@ async def run_streams(target: Target, upstream_port: int, specs: list[dict]) -> 
                 aborts.append((record["aborted_at"] - result.closed_at) * 1000)
             else:
                 never_aborted += 1
+                if os.environ.get("BENCH_DEBUG"):
+                    print("never aborted:", result.id, record, result.closed_at, flush=True)
     gaps = [g * 1000 for r in results for g in r.gaps]
     return {
         "streams": len(specs),

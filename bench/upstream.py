@@ -107,7 +107,9 @@ class Ticker:
 
     def advance(self, stream: Stream, now: float) -> None:
         record = stream.record
-        if record.aborted_at is not None or stream.writer.is_closing():
+        if record.aborted_at is None and stream.writer.is_closing():
+            record.aborted_at = now  # the write side saw the reset before the EOF watcher ran
+        if record.aborted_at is not None:
             self.streams.discard(stream)
             stream.done.done() or stream.done.set_result(None)
             return
