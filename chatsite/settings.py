@@ -145,6 +145,7 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "chatsite"),
+            "OPTIONS": {"pool_class": "chatsite.cache.SharedConnectionPool"},
         }
     }
 else:

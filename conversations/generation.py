@@ -156,6 +156,7 @@ class Generation:
             ended = loop.time()
             await message_afinalize(
                 message_id=self.message_id,
+                conversation_id=self.conversation_id,
                 status=finished.status,
                 content="".join(parts),
                 ttft_ms=_ms(first_token_at - started) if first_token_at is not None else None,

@@ -89,15 +89,28 @@ def reply_open(
         user_message = Message.objects.create(
             conversation=conversation, role=Message.Role.USER, content=chat_request.message
         )
-        prompt = prompt_for_conversation(conversation)
+        if chat_request.conversation_id is None:
+            prompt = new_conversation_prompt(conversation, chat_request)
+        else:
+            prompt = prompt_for_conversation(conversation)
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
         assistant_message = Message.objects.create(
             conversation=conversation,
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
             model=model,
         )
-        Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
     return OpenedReply(conversation, user_message, assistant_message, prompt)
+
+
+def new_conversation_prompt(conversation: Conversation, chat_request: ChatRequest) -> list:
+    """What prompt_for_conversation would read back for a conversation just created."""
+    prompt: list[ChatMessage] = []
+    if conversation.system_prompt:
+        prompt.append({"role": "system", "content": conversation.system_prompt})
+    prompt.extend(item for item in chat_request.history if item["content"])
+    prompt.append({"role": "user", "content": chat_request.message})
+    return prompt
 
 
 def reply_open_and_release(**kwargs) -> OpenedReply:
@@ -115,6 +128,7 @@ reply_aopen = sync_to_async(reply_open_and_release)
 def message_finalize(
     *,
     message_id: int,
+    conversation_id: int,
     status: str,
     content: str,
     ttft_ms: int | None = None,
@@ -140,7 +154,7 @@ def message_finalize(
             error_code=error_code,
             error_message=error_message,
         )
-        Conversation.objects.filter(messages__pk=message_id).update(updated_at=now)
+        Conversation.objects.filter(pk=conversation_id).update(updated_at=now)
     if not updated:
         logger.warning("reply %s was already finalised; status %s not saved", message_id, status)
     return bool(updated)
