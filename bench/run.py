@@ -246,7 +246,7 @@ async def capacity(target: Target, upstream_port: int, ids: Ids, start: int, lim
         if not ok:
             break
         held = streams
-        streams = int(streams * 1.25)
+        streams = max(streams + 1, int(streams * 1.25))
     return {"streams_per_core": held, "steps": steps}
 
 
@@ -332,7 +332,7 @@ async def main(quick: bool, only: list[str] | None) -> dict:
         "saturation": (20, 200) if quick else (50, 1000),
         "wave": 20 if quick else 50,
         "churn": (20, 40) if quick else (100, 200),
-        "capacity": None if quick else (150, 2000),
+        "capacity": None if quick else (10, 2000),
     }
     scenarios: dict[str, dict[str, list[dict]]] = {}
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 
 from .models import Conversation, Message
-
-
-def _iso(value) -> str | None:
-    return value.isoformat() if value else None
+from .serializers import isoformat_or_none
 
 
 def message_export(message: Message) -> dict:
@@ -18,8 +15,8 @@ def message_export(message: Message) -> dict:
         "content": message.content,
         "status": message.status,
         "model": message.model,
-        "created_at": _iso(message.created_at),
-        "finished_at": _iso(message.finished_at),
+        "created_at": isoformat_or_none(message.created_at),
+        "finished_at": isoformat_or_none(message.finished_at),
         "ttft_ms": message.ttft_ms,
         "duration_ms": message.duration_ms,
         "prompt_tokens": message.prompt_tokens,
@@ -45,8 +42,8 @@ def conversations_export(conversations: QuerySet[Conversation]) -> list[dict]:
             "owner": conversation.owner.get_username(),
             "model": conversation.model,
             "system_prompt": conversation.system_prompt,
-            "created_at": _iso(conversation.created_at),
-            "updated_at": _iso(conversation.updated_at),
+            "created_at": isoformat_or_none(conversation.created_at),
+            "updated_at": isoformat_or_none(conversation.updated_at),
             "messages": [message_export(m) for m in conversation.messages.all()],
         }
         for conversation in queryset

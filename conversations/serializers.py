@@ -5,7 +5,7 @@ from __future__ import annotations
 from .models import Conversation, Message
 
 
-def _iso(value) -> str | None:
+def isoformat_or_none(value) -> str | None:
     return value.isoformat() if value else None
 
 
@@ -14,8 +14,8 @@ def conversation_summary(conversation: Conversation) -> dict:
         "id": conversation.pk,
         "title": conversation.title,
         "model": conversation.model,
-        "created_at": _iso(conversation.created_at),
-        "updated_at": _iso(conversation.updated_at),
+        "created_at": isoformat_or_none(conversation.created_at),
+        "updated_at": isoformat_or_none(conversation.updated_at),
         "message_count": getattr(conversation, "message_count", None),
     }
 
@@ -27,8 +27,8 @@ def message_detail(message: Message) -> dict:
         "content": message.content,
         "status": message.status,
         "model": message.model,
-        "created_at": _iso(message.created_at),
-        "finished_at": _iso(message.finished_at),
+        "created_at": isoformat_or_none(message.created_at),
+        "finished_at": isoformat_or_none(message.finished_at),
         "metrics": {
             "ttft_ms": message.ttft_ms,
             "duration_ms": message.duration_ms,
