@@ -5,23 +5,17 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 
 from .models import Conversation, Message
-from .serializers import isoformat_or_none
+from .serializers import isoformat_or_none, message_detail
 
 
 def message_export(message: Message) -> dict:
+    """The API's message shape, flattened: metrics and error fields side by side."""
+    exported = message_detail(message)
+    exported.pop("error")
+    metrics = exported.pop("metrics")
     return {
-        "id": message.pk,
-        "role": message.role,
-        "content": message.content,
-        "status": message.status,
-        "model": message.model,
-        "created_at": isoformat_or_none(message.created_at),
-        "finished_at": isoformat_or_none(message.finished_at),
-        "ttft_ms": message.ttft_ms,
-        "duration_ms": message.duration_ms,
-        "prompt_tokens": message.prompt_tokens,
-        "completion_tokens": message.completion_tokens,
-        "finish_reason": message.finish_reason,
+        **exported,
+        **metrics,
         "error_code": message.error_code,
         "error_message": message.error_message,
     }
