@@ -1,7 +1,7 @@
 """A Redis connection pool shared by every cache object of the process.
 
-Django makes a cache object per async context, and each makes its own pool, so under ASGI
-every request opened a new Redis connection. Sharing the pool per URL avoids that.
+Django makes a cache object per async context, and each made its own pool, so under ASGI
+every request opened a new Redis connection. Pools are now shared per URL and options.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import redis
 class SharedConnectionPool(redis.ConnectionPool):
     @classmethod
     def from_url(cls, url: str, **kwargs) -> redis.ConnectionPool:
-        if kwargs:
-            return super().from_url(url, **kwargs)
-        return _pool_for(url)
+        try:
+            return _pool_for(url, tuple(sorted(kwargs.items())))
+        except TypeError:  # an unhashable option: no sharing
+            return redis.ConnectionPool.from_url(url, **kwargs)
 
 
 @lru_cache(maxsize=8)
-def _pool_for(url: str) -> redis.ConnectionPool:
-    return redis.ConnectionPool.from_url(url)
+def _pool_for(url: str, options: tuple) -> redis.ConnectionPool:
+    return redis.ConnectionPool.from_url(url, **dict(options))
