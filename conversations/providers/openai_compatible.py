@@ -33,29 +33,33 @@ class OpenAICompatibleProvider(ChatProvider):
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             max_retries=max_retries,
         )
-        # Resolving ``chat`` imports every SDK resource (about a second): now, not mid-request.
-        self.completions = self.client.chat.completions
 
     async def stream(
         self, messages: Sequence[ChatMessage], outcome: StreamOutcome
     ) -> AsyncIterator[str]:
-        """The SDK sends the request (auth, retries, status errors); the event stream itself is
-        parsed here from bytes, skipping the SDK's per-chunk pydantic objects."""
-        request = self.completions.with_streaming_response.create(
-            model=self.model,
-            messages=list(messages),
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        """The SDK sends the request (auth, retries, status errors) through its generic ``post``,
+        which skips the per-call parameter transform of ``chat.completions.create``; the event
+        stream is parsed here from bytes, skipping the SDK's per-chunk pydantic objects."""
+        body = {
+            "model": self.model,
+            "messages": list(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         try:
-            async with request as response:
+            response = await self.client.post(
+                "/chat/completions", cast_to=httpx.Response, body=body, stream=True
+            )
+            try:
                 reader = EventDataReader()
-                async for received in response.http_response.aiter_bytes():
+                async for received in response.aiter_bytes():
                     for payload in reader.feed(received):
                         if payload == b"[DONE]":
                             return
                         for content in deltas(payload, outcome):
                             yield content
+            finally:
+                await response.aclose()
         except (openai.APIError, httpx.HTTPError) as exc:
             raise upstream_error(exc) from exc
 
