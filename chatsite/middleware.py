@@ -1,10 +1,14 @@
-"""Project-wide middleware: security headers and static files."""
+"""Project-wide middleware: security headers, static files, and Django's stack without threads."""
 
 from __future__ import annotations
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as messages_middleware
+from django.contrib.sessions import middleware as sessions_middleware
 from django.http import HttpResponse
+from django.middleware import clickjacking, common, csrf, security
 from django.utils.decorators import sync_and_async_middleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
@@ -70,3 +74,83 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
             response[name] = value
         streamed.close()
         return response
+
+
+class InlineHooksMixin:
+    """Run a Django middleware's hooks on the event loop instead of in a thread.
+
+    Under ASGI, ``MiddlewareMixin`` runs every ``process_request`` and ``process_response``
+    through ``sync_to_async``: two thread hops per middleware, about a dozen per request for
+    Django's usual stack. The hooks of the middlewares below only read headers and cookies and
+    set attributes, so they run inline; a hook that may reach the database this time (saving a
+    session, storing messages) says so in ``*_needs_thread`` and still takes the hop.
+    """
+
+    async def __acall__(self, request):
+        response = None
+        if hasattr(self, "process_request"):
+            if self.request_needs_thread(request):
+                response = await sync_to_async(self.process_request)(request)
+            else:
+                response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            if self.response_needs_thread(request, response):
+                response = await sync_to_async(self.process_response)(request, response)
+            else:
+                response = self.process_response(request, response)
+        return response
+
+    def request_needs_thread(self, request) -> bool:
+        return False
+
+    def response_needs_thread(self, request, response) -> bool:
+        return False
+
+
+class SecurityMiddleware(InlineHooksMixin, security.SecurityMiddleware):
+    pass
+
+
+class SessionMiddleware(InlineHooksMixin, sessions_middleware.SessionMiddleware):
+    def response_needs_thread(self, request, response) -> bool:
+        session = getattr(request, "session", None)
+        if session is None:
+            return False
+        saving = session.modified or settings.SESSION_SAVE_EVERY_REQUEST
+        return saving and not session.is_empty()
+
+
+class CommonMiddleware(InlineHooksMixin, common.CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(InlineHooksMixin, csrf.CsrfViewMiddleware):
+    """CSRF checks inline, except where they read the session or parse a multipart body."""
+
+    def request_needs_thread(self, request) -> bool:
+        return settings.CSRF_USE_SESSIONS
+
+    def response_needs_thread(self, request, response) -> bool:
+        return settings.CSRF_USE_SESSIONS
+
+    async def process_view(self, request, callback, callback_args, callback_kwargs):
+        if settings.CSRF_USE_SESSIONS or request.content_type == "multipart/form-data":
+            return await sync_to_async(super().process_view)(
+                request, callback, callback_args, callback_kwargs
+            )
+        return super().process_view(request, callback, callback_args, callback_kwargs)
+
+
+class AuthenticationMiddleware(InlineHooksMixin, auth_middleware.AuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(InlineHooksMixin, messages_middleware.MessageMiddleware):
+    def response_needs_thread(self, request, response) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class XFrameOptionsMiddleware(InlineHooksMixin, clickjacking.XFrameOptionsMiddleware):
+    pass

@@ -103,17 +103,18 @@ INSTALLED_APPS = [
     "conversations",
 ]
 
+# Django's own middlewares, subclassed to run their hooks on the event loop (see middleware.py).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "chatsite.middleware.SecurityMiddleware",
     "chatsite.middleware.content_security_policy_middleware",
     "chatsite.middleware.StaticFilesMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    "chatsite.middleware.SessionMiddleware",
+    "chatsite.middleware.CommonMiddleware",
     "conversations.auth.bearer_csrf_exempt_middleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chatsite.middleware.CsrfViewMiddleware",
+    "chatsite.middleware.AuthenticationMiddleware",
+    "chatsite.middleware.MessageMiddleware",
+    "chatsite.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
