@@ -3,14 +3,14 @@
 The prompt's last user message selects the reply: ``tokens=N interval=S delay=S``. Paced
 streams share one ticker per interval (one timer wake-up per tick for all streams, not one per
 token), chunks are pre-encoded, and each request records when it started, when its first token
-went out and when its client aborted. ``GET /stats`` returns (and clears) those records.
+went out and when its client aborted. Connections are kept alive between streams, as a real
+API's are. ``GET /stats`` returns (and clears) those records.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import re
 import time
@@ -19,10 +19,7 @@ from functools import cache
 
 PARAMS = re.compile(r"(\w+)=([\d.]+)")
 CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
-HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-    b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-)
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 def frame(payload: dict) -> bytes:
@@ -130,24 +127,30 @@ class Upstream:
         self.tickers: dict[float, Ticker] = {}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve requests on one connection until the client closes it or aborts a stream."""
+        while await self.serve_one(reader, writer):
+            pass
+        writer.close()
+
+    async def serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             match = CONTENT_LENGTH.search(head)
             body = await reader.readexactly(int(match.group(1)) if match else 0)
         except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
+            return False
         if head.startswith(b"GET /stats"):
             payload = json.dumps([asdict(r) for r in self.records]).encode()
             self.records = []
             writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(payload), payload)
             )
-            writer.close()
-            return
-        await self.stream(reader, writer, json.loads(body))
+            return False
+        return await self.stream(reader, writer, json.loads(body))
 
-    async def stream(self, reader, writer, body: dict) -> None:
+    async def stream(self, reader, writer, body: dict) -> bool:
+        """One streamed reply; True if the connection can serve another request."""
         prompt = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
         params = {k: float(v) for k, v in PARAMS.findall(prompt)}
         count, interval = int(params.get("tokens", 100)), params.get("interval", 0.02)
@@ -163,9 +166,11 @@ class Upstream:
         else:
             await self.flood(stream)
         watcher.cancel()
-        with contextlib.suppress(ConnectionError):
+        try:
             await writer.drain()
-        writer.close()
+        except ConnectionError:
+            return False
+        return record.finished_at is not None and record.aborted_at is None
 
     async def flood(self, stream: Stream) -> None:
         record = stream.record
@@ -184,7 +189,9 @@ class Upstream:
             record.aborted_at = record.aborted_at or time.monotonic()
 
     async def watch(self, reader: asyncio.StreamReader, stream: Stream) -> None:
-        await reader.read()
+        """An end of file while the reply streams is the client aborting it (clients send
+        nothing else mid-reply; a waiting read is cancelled without losing data)."""
+        await reader.read(1)
         if stream.record.finished_at is None:
             stream.record.aborted_at = time.monotonic()
 
