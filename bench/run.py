@@ -123,8 +123,13 @@ def upstream_stats(port: int) -> dict[int, dict]:
     return {r["id"]: r for r in httpx.get(f"http://127.0.0.1:{port}/stats", timeout=30).json()}
 
 
-async def run_streams(target: Target, upstream_port: int, specs: list[dict]) -> dict:
-    """Run the given streams against one target; measure server CPU, RSS and the client side."""
+async def run_streams(target: Target, upstream_port: int, clients: list[list[dict]]) -> dict:
+    """Run the clients against one target; measure server CPU, RSS and the client side.
+
+    Each client is a list of streams run back to back, starting ``offset`` seconds into the run.
+    Streams marked ``warmup`` (opened while the load ramps up) count for CPU and gaps, not TTFT.
+    """
+    specs = [spec for client in clients for spec in client]
     rss_before, cpu_before = target.rss_kb(), target.cpu_seconds()
     own_before = time.process_time()
     peak_rss = rss_before
@@ -136,17 +141,15 @@ async def run_streams(target: Target, upstream_port: int, specs: list[dict]) -> 
             peak_rss = max(peak_rss, target.rss_kb())
             await asyncio.sleep(0.05)
 
-    sampler = asyncio.ensure_future(sample_rss())
-    tasks = []
-    for spec in specs:
-        if spec.get("start_after"):
-            await asyncio.sleep(spec["start_after"])
-        prompt = (
-            f"tokens={spec['tokens']} interval={spec['interval']} delay={DELAY} id={spec['id']}"
-        )
-        tasks.append(
-            asyncio.ensure_future(
-                loadgen.stream(
+    async def run_client(client: list[dict]) -> list[loadgen.StreamResult]:
+        await asyncio.sleep(max(0.0, started + client[0].get("offset", 0) - time.monotonic()))
+        results = []
+        for spec in client:
+            prompt = (
+                f"tokens={spec['tokens']} interval={spec['interval']} delay={DELAY} id={spec['id']}"
+            )
+            results.append(
+                await loadgen.stream(
                     target.port,
                     spec["id"],
                     prompt,
@@ -154,8 +157,12 @@ async def run_streams(target: Target, upstream_port: int, specs: list[dict]) -> 
                     close_after=spec.get("close_after"),
                 )
             )
-        )
-    results = await asyncio.gather(*tasks)
+        return results
+
+    sampler = asyncio.ensure_future(sample_rss())
+    tasks = [asyncio.ensure_future(run_client(client)) for client in clients]
+    results = [result for client in await asyncio.gather(*tasks) for result in client]
+    warmup = {spec["id"] for spec in specs if spec.get("warmup")}
     elapsed = time.monotonic() - started
     await asyncio.sleep(1.0 if any(s.get("close_after") for s in specs) else 0.2)
     sampler.cancel()
@@ -165,7 +172,7 @@ async def run_streams(target: Target, upstream_port: int, specs: list[dict]) -> 
     ttft_overhead, aborts, never_aborted = [], [], 0
     for result in results:
         record = records.get(result.id)
-        if record and result.first_at and record["first_token_at"]:
+        if record and result.first_at and record["first_token_at"] and result.id not in warmup:
             upstream_ttft = record["first_token_at"] - record["started"]
             ttft_overhead.append((result.first_at - result.sent_at - upstream_ttft) * 1000)
         if result.closed_at is not None:
@@ -204,27 +211,47 @@ class Ids:
         return range(first, first + count)
 
 
-def steady(ids: Ids, streams: int, tokens: int = 100) -> list[dict]:
-    return [{"id": i, "tokens": tokens, "interval": INTERVAL} for i in ids.take(streams)]
+def stream_seconds(tokens: int = 100) -> float:
+    return DELAY + tokens * INTERVAL
 
 
-def saturation(ids: Ids, streams: int, tokens: int) -> list[dict]:
-    return [{"id": i, "tokens": tokens, "interval": 0} for i in ids.take(streams)]
-
-
-def disconnect_wave(ids: Ids, streams: int) -> list[dict]:
+def steady(ids: Ids, streams: int, tokens: int = 100, rounds: int = 3) -> list[list[dict]]:
+    """``streams`` held open at once: each client opens its next stream when one ends, and the
+    clients start spread over one stream's length, so arrivals are even. The first round is the
+    ramp-up."""
+    spacing = stream_seconds(tokens) / streams
     return [
-        {"id": i, "tokens": 1000, "interval": INTERVAL, "close_after": 10}
+        [
+            {"id": next_id, "tokens": tokens, "interval": INTERVAL, "warmup": round_ == 0}
+            | ({"offset": client * spacing} if round_ == 0 else {})
+            for round_, next_id in enumerate(ids.take(rounds))
+        ]
+        for client in range(streams)
+    ]
+
+
+def burst(ids: Ids, streams: int, tokens: int = 100) -> list[list[dict]]:
+    """``streams`` opened in the same instant."""
+    return [[{"id": i, "tokens": tokens, "interval": INTERVAL}] for i in ids.take(streams)]
+
+
+def saturation(ids: Ids, streams: int, tokens: int) -> list[list[dict]]:
+    return [[{"id": i, "tokens": tokens, "interval": 0}] for i in ids.take(streams)]
+
+
+def disconnect_wave(ids: Ids, streams: int) -> list[list[dict]]:
+    return [
+        [{"id": i, "tokens": 1000, "interval": INTERVAL, "close_after": 10}]
         for i in ids.take(streams)
     ]
 
 
-def disconnect_churn(ids: Ids, busy: int, streams: int) -> list[dict]:
-    """``streams`` short-lived clients one after another while ``busy`` streams keep going."""
-    background = [{"id": i, "tokens": 250, "interval": INTERVAL} for i in ids.take(busy)]
+def disconnect_churn(ids: Ids, busy: int, streams: int) -> list[list[dict]]:
+    """``streams`` short-lived clients, one every 20 ms, while ``busy`` streams keep going."""
+    background = [[{"id": i, "tokens": 250, "interval": INTERVAL}] for i in ids.take(busy)]
     churn = [
-        {"id": i, "tokens": 1000, "interval": INTERVAL, "close_after": 10, "start_after": 0.02}
-        for i in ids.take(streams)
+        [{"id": i, "tokens": 1000, "interval": INTERVAL, "close_after": 10, "offset": 0.02 * n}]
+        for n, i in enumerate(ids.take(streams), start=1)
     ]
     return background + churn
 
@@ -237,7 +264,7 @@ async def capacity(target: Target, upstream_port: int, ids: Ids, start: int, lim
     held, steps, streams = 0, [], start
     while streams <= limit:
         for _attempt in range(2):
-            result = await run_streams(target, upstream_port, steady(ids, streams))
+            result = await run_streams(target, upstream_port, steady(ids, streams, rounds=2))
             ok = result["errors"] == 0 and result["gap_ms"]["p99"] <= 1.3 * INTERVAL * 1000
             steps.append(
                 {"streams": streams, "gap_p99_ms": result["gap_ms"]["p99"],
@@ -327,10 +354,11 @@ async def main(quick: bool, only: list[str] | None) -> dict:
     targets = [t for t in targets if not only or t.name in only]
     ids = Ids()
     for target in targets:
-        await run_streams(target, upstream_port, steady(ids, 20, tokens=5))
+        await run_streams(target, upstream_port, burst(ids, 20, tokens=5))
     plan = {
         "steady": [20] if quick else [50, 100, 200],
         "rounds": 1 if quick else 2,
+        "burst": 20 if quick else 50,
         "saturation": (20, 200) if quick else (50, 1000),
         "wave": 20 if quick else 50,
         "churn": (20, 40) if quick else (100, 200),
@@ -352,6 +380,12 @@ async def main(quick: bool, only: list[str] | None) -> dict:
                         target,
                         await run_streams(target, upstream_port, steady(ids, streams)),
                     )
+            for target in targets:
+                record(
+                    f"burst {plan['burst']}",
+                    target,
+                    await run_streams(target, upstream_port, burst(ids, plan["burst"])),
+                )
             for target in targets:
                 record(
                     "saturation",
@@ -457,7 +491,8 @@ def markdown(report: dict) -> str:
         lines.append("")
     if report["capacity"]:
         lines += [
-            "### capacity (streams per core, 100 tokens at 50 tokens/s, gap p99 ≤ 26 ms)",
+            "### capacity (streams per core: N held open, 100 tokens at 50 tokens/s, "
+            "gap p99 ≤ 26 ms)",
             "",
             "| target | streams | steps (N: gap p99 ms) |",
             "|---|---|---|",
