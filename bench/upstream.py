@@ -166,6 +166,7 @@ class Upstream:
         else:
             await self.flood(stream)
         watcher.cancel()
+        await asyncio.wait([watcher])
         try:
             await writer.drain()
         except ConnectionError:
