@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
@@ -24,12 +25,18 @@ def thread_hops(monkeypatch) -> list[str]:
     return hops
 
 
+def run_in_new_loop(coroutine):
+    """asyncio.run in a thread of its own (Playwright's tests leave a loop in this one)."""
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, coroutine).result()
+
+
 def middleware_hops(hops: list[str]) -> list[str]:
     return [name for name in hops if ".process_" in name]
 
 
 def test_api_request_runs_every_middleware_hook_inline(thread_hops):
-    response = asyncio.run(AsyncClient().put("/api/chat/stream"))
+    response = run_in_new_loop(AsyncClient().put("/api/chat/stream"))
 
     assert response.status_code == 405
     assert response["X-Frame-Options"] == "DENY"
@@ -45,7 +52,7 @@ def test_signing_in_saves_the_session_through_a_thread(thread_hops, make_user):
     user.set_password("a long passphrase")
     user.save()
 
-    response = asyncio.run(
+    response = run_in_new_loop(
         AsyncClient().post(
             "/accounts/login/",
             urlencode({"username": "hopper", "password": "a long passphrase"}),
