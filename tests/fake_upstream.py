@@ -26,6 +26,8 @@ class Script:
     cut_after: int | None = None
     finish_reason: str = "stop"
     usage: tuple[int, int] | None = (11, 7)
+    linger_after_done: float = 0.0
+    """Seconds between ``data: [DONE]`` and the end of the body."""
 
 
 @dataclass
@@ -59,6 +61,7 @@ class FakeUpstream:
         self.scripts: dict[str, Script] = {}
         self.requests: list[UpstreamRequest] = []
         self.port = 0
+        self.connections = 0
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -109,6 +112,15 @@ class FakeUpstream:
             await self._stopped.wait()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve requests on one connection, kept alive after a complete stream as real APIs do."""
+        self.connections += 1
+        try:
+            while await self._serve_one(reader, writer):
+                pass
+        finally:
+            writer.close()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             request_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -121,37 +133,41 @@ class FakeUpstream:
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
             body = json.loads(raw or b"{}")
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            writer.close()
-            return
+            return False
         script = self.scripts.get(last_user_message(body), Script())
         record = UpstreamRequest(path, headers, body, script, time.monotonic())
         self.requests.append(record)
         watcher = asyncio.ensure_future(self._watch_for_abort(reader, record))
+        keep_alive = False
         try:
-            await self._respond(writer, record)
+            keep_alive = await self._respond(writer, record)
         except (ConnectionError, RuntimeError):
             record.aborted_at = record.aborted_at or time.monotonic()
         finally:
             watcher.cancel()
-            writer.close()
+            await asyncio.wait([watcher])
+        return keep_alive and not record.aborted
 
     async def _watch_for_abort(self, reader: asyncio.StreamReader, record: UpstreamRequest) -> None:
-        await reader.read()
+        """An end of file while responding is the client aborting (a cancelled read loses no
+        data, so the next request on the connection is read whole)."""
+        await reader.read(1)
         if record.finished_at is None:
             record.aborted_at = time.monotonic()
 
-    async def _respond(self, writer: asyncio.StreamWriter, record: UpstreamRequest) -> None:
+    async def _respond(self, writer: asyncio.StreamWriter, record: UpstreamRequest) -> bool:
+        """Send the scripted response; True if it ended so that the connection can be reused."""
         script = record.script
         if record.headers.get("authorization") != f"Bearer {self.api_key}":
             await self._send_json(writer, 401, invalid_key_body())
-            return
+            return False
         if script.status != 200:
             body = script.error_body or {"error": {"message": "scripted failure", "type": "server"}}
             await self._send_json(writer, script.status, body)
-            return
+            return False
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
         )
         completion_id = f"chatcmpl-{next(self._ids)}"
         model = record.body.get("model", "fake")
@@ -163,12 +179,11 @@ class FakeUpstream:
         for index, token in enumerate(script.tokens):
             if script.cut_after is not None and index == script.cut_after:
                 record.finished_at = time.monotonic()
-                writer.close()
-                return
+                return False
             if index and script.interval:
                 await asyncio.sleep(script.interval)
             if record.aborted:
-                return
+                return False
             await self._send_chunk(writer, chunk(completion_id, model, {"content": token}))
             record.token_times.append(time.monotonic())
         await self._send_chunk(writer, chunk(completion_id, model, {}, script.finish_reason))
@@ -180,10 +195,13 @@ class FakeUpstream:
                 "total_tokens": prompt_tokens + completion_tokens,
             }
             await self._send_chunk(writer, {**chunk(completion_id, model, None), "usage": usage})
-        done = b"data: [DONE]\n\n"
-        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+        await self._send_raw(writer, b"data: [DONE]\n\n")
+        if script.linger_after_done:
+            await asyncio.sleep(script.linger_after_done)
+        writer.write(b"0\r\n\r\n")
         record.finished_at = time.monotonic()
         await writer.drain()
+        return True
 
     async def _send_chunk(self, writer: asyncio.StreamWriter, payload: dict) -> None:
         await self._send_raw(writer, b"data: " + json.dumps(payload).encode() + b"\n\n")

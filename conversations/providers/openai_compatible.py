@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -14,6 +16,8 @@ from .base import ChatMessage, ChatProvider, ProviderError, StreamOutcome
 from .events import EventDataReader
 
 logger = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 1.0
 
 
 class OpenAICompatibleProvider(ChatProvider):
@@ -52,9 +56,11 @@ class OpenAICompatibleProvider(ChatProvider):
             )
             try:
                 reader = EventDataReader()
-                async for received in response.aiter_bytes():
+                received_chunks = response.aiter_bytes()
+                async for received in received_chunks:
                     for payload in reader.feed(received):
                         if payload == b"[DONE]":
+                            await drain(received_chunks)
                             return
                         for content in deltas(payload, outcome):
                             yield content
@@ -62,6 +68,16 @@ class OpenAICompatibleProvider(ChatProvider):
                 await response.aclose()
         except (openai.APIError, httpx.HTTPError) as exc:
             raise upstream_error(exc) from exc
+
+
+async def drain(received_chunks: AsyncIterator[bytes]) -> None:
+    """Read the end of the body after ``[DONE]`` so the connection goes back to the pool
+    (closing a response that was not read to its end closes its connection). An upstream
+    that keeps the body open after ``[DONE]`` is not waited for."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in received_chunks:
+                pass
 
 
 def deltas(payload: bytes, outcome: StreamOutcome) -> list[str]:
