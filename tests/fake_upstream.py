@@ -196,8 +196,9 @@ class FakeUpstream:
             }
             await self._send_chunk(writer, {**chunk(completion_id, model, None), "usage": usage})
         await self._send_raw(writer, b"data: [DONE]\n\n")
-        if script.linger_after_done:
-            await asyncio.sleep(script.linger_after_done)
+        lingered_until = time.monotonic() + script.linger_after_done
+        while time.monotonic() < lingered_until and not record.aborted:
+            await asyncio.sleep(0.05)
         writer.write(b"0\r\n\r\n")
         record.finished_at = time.monotonic()
         await writer.drain()

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
-from asgiref.sync import SyncToAsync
+from asgiref.sync import SyncToAsync, sync_to_async
+from django.db import connections
 from django.test import AsyncClient
 
 
@@ -26,9 +27,17 @@ def thread_hops(monkeypatch) -> list[str]:
 
 
 def run_in_new_loop(coroutine):
-    """asyncio.run in a thread of its own (Playwright's tests leave a loop in this one)."""
+    """asyncio.run in a thread of its own (Playwright's tests leave a loop in this one); the
+    database connections the request opened in asgiref's thread are closed after it."""
+
+    async def run_then_close():
+        try:
+            return await coroutine
+        finally:
+            await sync_to_async(connections.close_all)()
+
     with ThreadPoolExecutor(1) as executor:
-        return executor.submit(asyncio.run, coroutine).result()
+        return executor.submit(asyncio.run, run_then_close()).result()
 
 
 def middleware_hops(hops: list[str]) -> list[str]:
