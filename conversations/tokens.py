@@ -30,12 +30,11 @@ def api_token_create(*, owner: AbstractBaseUser, name: str = "") -> tuple[ApiTok
 
 async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
     """The active owner of a live token, or None; last use is recorded at most once a minute."""
-    token = (
-        await ApiToken.objects.select_related("owner")
-        .filter(digest=token_digest(raw), revoked_at__isnull=True, owner__is_active=True)
-        .afirst()
-    )
-    if token is None:
+    try:
+        token = await ApiToken.objects.select_related("owner").aget(digest=token_digest(raw))
+    except ApiToken.DoesNotExist:
+        return None
+    if token.revoked_at is not None or not token.owner.is_active:
         return None
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
