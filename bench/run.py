@@ -349,9 +349,11 @@ async def main(quick: bool, only: list[str] | None) -> dict:
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     base = {**os.environ, "OPENAI_BASE_URL": upstream_url, "PYTHONPATH": str(ROOT)}
     env, tokens = chatsite_env(base, upstream_url)
-    targets = [Target("chatsite", "chatsite.asgi:application", env, tokens)]
-    targets += [Target(name, app, base, None) for name, app in PEERS.items()]
-    targets = [t for t in targets if not only or t.name in only]
+    wanted = {"chatsite", *PEERS} if not only else set(only)
+    targets = []
+    if "chatsite" in wanted:
+        targets.append(Target("chatsite", "chatsite.asgi:application", env, tokens))
+    targets += [Target(name, app, base, None) for name, app in PEERS.items() if name in wanted]
     ids = Ids()
     for target in targets:
         await run_streams(target, upstream_port, burst(ids, 20, tokens=5))
