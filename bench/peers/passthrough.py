@@ -9,7 +9,9 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 URL = os.environ["OPENAI_BASE_URL"].rstrip("/") + "/chat/completions"
-client = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None))
+client = httpx.AsyncClient(
+    timeout=60, limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)
+)
 
 
 async def frames(message: str):
