@@ -490,7 +490,12 @@ def markdown(report: dict) -> str:
                 str(sum(r["errors"] for r in runs)),
             ]
             lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
+        own = ", ".join(
+            f"{name} {fmt(mean_of(runs, ('loadgen_cpu_seconds',)))} s of "
+            f"{fmt(mean_of(runs, ('seconds',)))} s"
+            for name, runs in by_target.items()
+        )
+        lines += ["", f"Load generator's own CPU: {own}.", ""]
     if report["capacity"]:
         lines += [
             "### capacity (streams per core: N held open, 100 tokens at 50 tokens/s, "
@@ -533,7 +538,7 @@ def plot(report: dict, path: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (about 90 s)")
     parser.add_argument("--only", nargs="*", help="target names to run")
     args = parser.parse_args()
     report = asyncio.run(main(args.quick, args.only))
