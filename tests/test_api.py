@@ -56,6 +56,19 @@ def test_revoked_unknown_or_malformed_tokens_get_401_with_a_bearer_challenge(ser
         assert response.json()["error"]["code"] == "invalid_token"
 
 
+def test_a_deactivated_owners_token_gets_401(server, user):
+    token = create_token("alice")
+    with token_client(server, token) as client:
+        assert client.get("/api/conversations").status_code == 200
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+
+        response = client.get("/api/conversations")
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_token"
+
+
 def test_a_bad_token_never_falls_back_to_the_session(server, client):
     response = client.get("/api/conversations", headers={"Authorization": "Bearer wrong"})
 
