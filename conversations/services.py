@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
+from . import statements
 from .errors import ApiError
 from .models import Conversation, Message
 from .providers import ChatMessage
@@ -65,42 +66,101 @@ def reply_open(
     For a stored conversation the saved transcript is the prompt and client history is ignored;
     a new conversation starts from the client's history (saved too, so the transcript is whole).
     """
+    now = timezone.now()
     with transaction.atomic():
-        if chat_request.conversation_id is not None:
-            conversation = (
-                Conversation.objects.select_for_update()
-                .filter(pk=chat_request.conversation_id, owner=user)
-                .first()
-            )
-            if conversation is None:
-                raise ApiError(404, "conversation_not_found", "No such conversation.")
-        else:
-            system_prompt = chat_request.system_prompt
-            conversation = Conversation.objects.create(
-                owner=user,
-                title=conversation_title_from(chat_request.message),
-                system_prompt=default_system_prompt if system_prompt is None else system_prompt,
-                model=model,
-            )
-            Message.objects.bulk_create(
-                Message(conversation=conversation, role=item["role"], content=item["content"])
-                for item in chat_request.history
-            )
-        user_message = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=chat_request.message
-        )
         if chat_request.conversation_id is None:
+            conversation = conversation_start(
+                user=user,
+                chat_request=chat_request,
+                model=model,
+                default_system_prompt=default_system_prompt,
+                now=now,
+            )
+            history = chat_request.history
             prompt = new_conversation_prompt(conversation, chat_request)
         else:
+            conversation = conversation_lock_for_reply(
+                user=user, conversation_id=chat_request.conversation_id, now=now
+            )
+            history = []
             prompt = prompt_for_conversation(conversation)
-            Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
-        assistant_message = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.STREAMING,
-            model=model,
-        )
+            prompt.append({"role": "user", "content": chat_request.message})
+        rows = [(item["role"], item["content"], Message.Status.COMPLETE, "") for item in history]
+        rows.append((Message.Role.USER, chat_request.message, Message.Status.COMPLETE, ""))
+        rows.append((Message.Role.ASSISTANT, "", Message.Status.STREAMING, model))
+        *_, user_message, assistant_message = messages_insert(conversation, rows, now=now)
     return OpenedReply(conversation, user_message, assistant_message, prompt)
+
+
+def conversation_start(
+    *,
+    user: AbstractBaseUser,
+    chat_request: ChatRequest,
+    model: str,
+    default_system_prompt: str,
+    now: datetime,
+) -> Conversation:
+    system_prompt = chat_request.system_prompt
+    conversation = Conversation(
+        owner=user,
+        title=conversation_title_from(chat_request.message),
+        system_prompt=default_system_prompt if system_prompt is None else system_prompt,
+        model=model,
+        created_at=now,
+        updated_at=now,
+    )
+    names = ("owner", "title", "system_prompt", "model", "created_at", "updated_at")
+    row = [user.pk, *(getattr(conversation, name) for name in names[1:])]
+    [conversation.pk] = statements.insert_rows(Conversation, names, [row])
+    return statements.as_saved(conversation)
+
+
+def conversation_lock_for_reply(
+    *, user: AbstractBaseUser, conversation_id: int, now: datetime
+) -> Conversation:
+    """Mark the conversation active, which also locks its row until the transaction ends so
+    concurrent replies to it are saved in order; ApiError(404) unless the user owns it."""
+    touched = statements.update_rows(
+        Conversation, {"updated_at": now}, {"id": conversation_id, "owner": user.pk}
+    )
+    if not touched:
+        raise ApiError(404, "conversation_not_found", "No such conversation.")
+    return Conversation.objects.get(pk=conversation_id)
+
+
+MESSAGE_COLUMNS = (
+    "conversation",
+    "role",
+    "content",
+    "status",
+    "model",
+    "created_at",
+    "finish_reason",
+    "error_code",
+    "error_message",
+)
+
+
+def messages_insert(
+    conversation: Conversation, rows: list[tuple[str, str, str, str]], *, now: datetime
+) -> list[Message]:
+    """Insert (role, content, status, model) rows in one statement, in order."""
+    values = [(conversation.pk, *row, now, "", "", "") for row in rows]
+    pks = statements.insert_rows(Message, MESSAGE_COLUMNS, values)
+    return [
+        statements.as_saved(
+            Message(
+                pk=pk,
+                conversation=conversation,
+                role=role,
+                content=content,
+                status=status,
+                model=model,
+                created_at=now,
+            )
+        )
+        for pk, (role, content, status, model) in zip(pks, rows, strict=True)
+    ]
 
 
 def new_conversation_prompt(conversation: Conversation, chat_request: ChatRequest) -> list:
@@ -141,20 +201,24 @@ def message_finalize(
 ) -> bool:
     """Close a streaming reply exactly once; returns False if something else already closed it."""
     now = timezone.now()
+    result = {
+        "status": status,
+        "content": content,
+        "finished_at": now,
+        "ttft_ms": ttft_ms,
+        "duration_ms": duration_ms,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "finish_reason": finish_reason,
+        "error_code": error_code,
+        "error_message": error_message,
+    }
     with transaction.atomic():
-        updated = Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
-            status=status,
-            content=content,
-            finished_at=now,
-            ttft_ms=ttft_ms,
-            duration_ms=duration_ms,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            finish_reason=finish_reason,
-            error_code=error_code,
-            error_message=error_message,
+        updated = statements.update_rows(
+            Message, result, {"id": message_id, "status": Message.Status.STREAMING}
         )
-        Conversation.objects.filter(pk=conversation_id).update(updated_at=now)
+        if updated:
+            statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
     if not updated:
         logger.warning("reply %s was already finalised; status %s not saved", message_id, status)
     return bool(updated)
