@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from asgiref.sync import iscoroutinefunction
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
 from django.utils.decorators import sync_and_async_middleware
 
 from .errors import ApiError
-from .tokens import api_token_aauthenticate
+from .limits import enforce_rate_limit
+from .tokens import api_token_authenticate
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 
@@ -28,12 +29,12 @@ def bearer_token(request: HttpRequest) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-async def api_auser(request: HttpRequest) -> AbstractBaseUser:
+def api_user(request: HttpRequest) -> AbstractBaseUser:
     """The caller, or ApiError(401). A request with Authorization never falls back to the session,
     which is what makes exempting such requests from CSRF safe."""
     token = bearer_token(request)
     if token is not None:
-        user = await api_token_aauthenticate(token) if token else None
+        user = api_token_authenticate(token) if token else None
         if user is None:
             raise ApiError(
                 401,
@@ -42,10 +43,28 @@ async def api_auser(request: HttpRequest) -> AbstractBaseUser:
                 headers={"WWW-Authenticate": 'Bearer realm="api", error="invalid_token"'},
             )
         return user
-    user = await request.auser()
-    if not user.is_authenticated:
+    if not request.user.is_authenticated:
         raise not_authenticated()
+    return request.user
+
+
+def api_user_admitted(request: HttpRequest) -> AbstractBaseUser:
+    """The caller, counted against the rate limit: ApiError(401) or ApiError(429) otherwise.
+
+    Unknown callers are counted by address, so guessing tokens is rate limited too.
+    """
+    try:
+        user = api_user(request)
+    except ApiError:
+        enforce_rate_limit(request, None)
+        raise
+    enforce_rate_limit(request, user)
     return user
+
+
+api_auser_admitted = sync_to_async(api_user_admitted)
+"""Both in one trip to a worker thread: the token is read from the database and the counter
+kept in the cache, both with blocking clients."""
 
 
 def exempt_token_requests_from_csrf(request: HttpRequest) -> None:

@@ -8,9 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from .auth import api_auser
+from .auth import api_auser_admitted
 from .errors import ApiError, api_error_response, error_response
-from .limits import enforce_rate_limit
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +31,7 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                     headers={"Allow": ", ".join(methods)},
                 )
             try:
-                try:
-                    request.api_user = await api_auser(request)
-                except ApiError:
-                    await enforce_rate_limit(request, None)
-                    raise
-                await enforce_rate_limit(request, request.api_user)
+                request.api_user = await api_auser_admitted(request)
                 return await view(request, *args, **kwargs)
             except ApiError as error:
                 return api_error_response(error)

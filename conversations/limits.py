@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import cache
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
@@ -68,11 +67,9 @@ def _usage(request: HttpRequest, key: str) -> dict | None:
     )
 
 
-async def enforce_rate_limit(request: HttpRequest, user: AbstractBaseUser | None) -> None:
+def enforce_rate_limit(request: HttpRequest, user: AbstractBaseUser | None) -> None:
     """Count this request in its fixed window; ApiError(429) with Retry-After over the limit."""
-    usage = await sync_to_async(_usage, thread_sensitive=False)(
-        request, rate_limit_key(request, user)
-    )
+    usage = _usage(request, rate_limit_key(request, user))
     if usage and usage["should_limit"]:
         retry_after = max(1, math.ceil(usage["time_left"]))
         raise ApiError(

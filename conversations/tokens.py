@@ -7,7 +7,6 @@ import secrets
 from datetime import timedelta
 from functools import cache
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
@@ -48,9 +47,6 @@ def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
     if owner.__dict__.pop("api_token_stale") and owner.is_active:
         statements.update_rows(ApiToken, {"last_used_at": now}, {"id": token_id})
     return owner if owner.is_active else None
-
-
-api_token_aauthenticate = sync_to_async(api_token_authenticate)
 
 
 @cache
