@@ -18,7 +18,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from .models import Message
 from .providers import ChatMessage, ChatProvider, ProviderError, StreamOutcome, get_provider
-from .services import ChatRequest, message_afinalize, reply_aopen
+from .services import ChatRequest, message_afinalize, new_conversation_prompt, reply_aopen
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +49,11 @@ INTERNAL_ERROR = Finished(
 
 class Generation:
     def __init__(
-        self,
-        *,
-        provider: ChatProvider,
-        prompt: Sequence[ChatMessage],
-        conversation_id: int,
-        message_id: int,
-        keepalive_seconds: float,
-        max_seconds: float,
+        self, *, provider: ChatProvider, keepalive_seconds: float, max_seconds: float
     ) -> None:
         self.provider = provider
-        self.prompt = prompt
-        self.conversation_id = conversation_id
-        self.message_id = message_id
+        self.conversation_id: int | None = None
+        self.message_id: int | None = None
         self.keepalive_seconds = keepalive_seconds
         self.max_seconds = max_seconds
         self._items: list[str | Finished] = []
@@ -72,12 +64,14 @@ class Generation:
         self._last_take = 0.0
         self._stop_reason: str | None = None
         self._finalising = False
+        self._saved: asyncio.Future[bool] | None = None
 
-    def start(self) -> None:
+    def start(self, prompt: Sequence[ChatMessage]) -> None:
+        """Send the prompt upstream; the rows may be bound later, before the reply is saved."""
         loop = asyncio.get_running_loop()
         self._last_take = loop.time()
-        self._task = loop.create_task(self._produce(), name=f"reply-{self.message_id}")
-        RUNNING[self.message_id] = self
+        self._saved = loop.create_future()
+        self._task = loop.create_task(self._produce(prompt), name="reply")
         self._deadline = loop.call_later(self.max_seconds, self.stop, "timeout")
         if self.keepalive_seconds > 0:
             self._keepalive = loop.call_later(self.keepalive_seconds, self._keepalive_tick)
@@ -93,6 +87,19 @@ class Generation:
         items, self._items = self._items, []
         self._last_take = asyncio.get_running_loop().time()
         return items
+
+    def bind(self, *, conversation_id: int, message_id: int) -> None:
+        """The saved rows this reply finalises."""
+        self.conversation_id, self.message_id = conversation_id, message_id
+        if not self._finalising:
+            RUNNING[message_id] = self
+        self._saved.set_result(True)
+
+    async def adiscard(self) -> None:
+        """Stop a reply whose rows could not be saved; it then saves nothing."""
+        self._saved.set_result(False)
+        self.stop("discarded")
+        await asyncio.wait([self._task])
 
     def stop(self, reason: str = "cancelled") -> None:
         """Stop producing: the upstream request is closed and the partial reply saved."""
@@ -124,7 +131,7 @@ class Generation:
             idle = 0.0
         self._keepalive = loop.call_later(self.keepalive_seconds - idle, self._keepalive_tick)
 
-    async def _produce(self) -> None:
+    async def _produce(self, prompt: Sequence[ChatMessage]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         first_token_at: float | None = None
@@ -132,7 +139,7 @@ class Generation:
         outcome = StreamOutcome()
         finished = Finished(Message.Status.COMPLETE)
         try:
-            async with aclosing(self.provider.stream(self.prompt, outcome)) as deltas:
+            async with aclosing(self.provider.stream(prompt, outcome)) as deltas:
                 async for delta in deltas:
                     if first_token_at is None:
                         first_token_at = loop.time()
@@ -149,32 +156,43 @@ class Generation:
             finished = INTERNAL_ERROR
         finally:
             self._finalising = True
-            RUNNING.pop(self.message_id, None)
             for timer in (self._deadline, self._keepalive):
                 if timer is not None:
                     timer.cancel()
-            ended = loop.time()
-            await message_afinalize(
-                message_id=self.message_id,
-                conversation_id=self.conversation_id,
-                status=finished.status,
-                content="".join(parts),
-                ttft_ms=_ms(first_token_at - started) if first_token_at is not None else None,
-                duration_ms=_ms(ended - started),
-                prompt_tokens=outcome.prompt_tokens,
-                completion_tokens=outcome.completion_tokens,
-                finish_reason=outcome.finish_reason,
-                error_code=finished.error_code,
-                error_message=finished.error_message,
-            )
-            logger.info(
-                "reply %s %s: %d deltas in %.0f ms",
-                self.message_id,
-                finished.status,
-                len(parts),
-                (ended - started) * 1000,
-            )
+            if await self._saved:
+                RUNNING.pop(self.message_id, None)
+                await self._finalize(finished, outcome, parts, started, first_token_at)
             self._put(finished)
+
+    async def _finalize(
+        self,
+        finished: Finished,
+        outcome: StreamOutcome,
+        parts: list[str],
+        started: float,
+        first_token_at: float | None,
+    ) -> None:
+        ended = asyncio.get_running_loop().time()
+        await message_afinalize(
+            message_id=self.message_id,
+            conversation_id=self.conversation_id,
+            status=finished.status,
+            content="".join(parts),
+            ttft_ms=_ms(first_token_at - started) if first_token_at is not None else None,
+            duration_ms=_ms(ended - started),
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            finish_reason=outcome.finish_reason,
+            error_code=finished.error_code,
+            error_message=finished.error_message,
+        )
+        logger.info(
+            "reply %s %s: %d deltas in %.0f ms",
+            self.message_id,
+            finished.status,
+            len(parts),
+            (ended - started) * 1000,
+        )
 
 
 def _ms(seconds: float) -> int:
@@ -182,22 +200,36 @@ def _ms(seconds: float) -> int:
 
 
 async def generation_aopen(*, user: AbstractBaseUser, chat_request: ChatRequest) -> Generation:
-    """Save the user's message, open the assistant's, and return the reply ready to start."""
+    """Save the user's message, open the assistant's, and start the reply.
+
+    A new conversation's prompt is known before anything is saved, so its upstream request
+    goes out first and the rows are written while the model thinks; a stored conversation's
+    prompt is read back from the database first.
+    """
     provider = get_provider()
-    opened = await reply_aopen(
-        user=user,
-        chat_request=chat_request,
-        model=provider.model,
-        default_system_prompt=settings.CHAT_SYSTEM_PROMPT,
-    )
-    return Generation(
+    generation = Generation(
         provider=provider,
-        prompt=opened.prompt,
-        conversation_id=opened.conversation.pk,
-        message_id=opened.assistant_message.pk,
         keepalive_seconds=settings.CHAT_KEEPALIVE_SECONDS,
         max_seconds=settings.CHAT_STREAM_MAX_SECONDS,
     )
+    options = {
+        "user": user,
+        "chat_request": chat_request,
+        "model": provider.model,
+        "default_system_prompt": settings.CHAT_SYSTEM_PROMPT,
+    }
+    if chat_request.conversation_id is not None:
+        opened = await reply_aopen(**options)
+        generation.start(opened.prompt)
+    else:
+        generation.start(new_conversation_prompt(chat_request, settings.CHAT_SYSTEM_PROMPT))
+        try:
+            opened = await reply_aopen(**options)
+        except BaseException:
+            await generation.adiscard()
+            raise
+    generation.bind(conversation_id=opened.conversation.pk, message_id=opened.assistant_message.pk)
+    return generation
 
 
 async def generation_astop(message_id: int) -> bool:

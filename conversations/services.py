@@ -77,7 +77,7 @@ def reply_open(
                 now=now,
             )
             history = chat_request.history
-            prompt = new_conversation_prompt(conversation, chat_request)
+            prompt = new_conversation_prompt(chat_request, default_system_prompt)
         else:
             conversation = conversation_lock_for_reply(
                 user=user, conversation_id=chat_request.conversation_id, now=now
@@ -100,11 +100,10 @@ def conversation_start(
     default_system_prompt: str,
     now: datetime,
 ) -> Conversation:
-    system_prompt = chat_request.system_prompt
     conversation = Conversation(
         owner=user,
         title=conversation_title_from(chat_request.message),
-        system_prompt=default_system_prompt if system_prompt is None else system_prompt,
+        system_prompt=system_prompt_for(chat_request, default_system_prompt),
         model=model,
         created_at=now,
         updated_at=now,
@@ -163,11 +162,19 @@ def messages_insert(
     ]
 
 
-def new_conversation_prompt(conversation: Conversation, chat_request: ChatRequest) -> list:
-    """What prompt_for_conversation would read back for a conversation just created."""
+def system_prompt_for(chat_request: ChatRequest, default_system_prompt: str) -> str:
+    """A new conversation's system prompt: the client's (even empty), else the site's."""
+    if chat_request.system_prompt is None:
+        return default_system_prompt
+    return chat_request.system_prompt
+
+
+def new_conversation_prompt(chat_request: ChatRequest, default_system_prompt: str) -> list:
+    """What prompt_for_conversation will read back for the conversation this request starts."""
     prompt: list[ChatMessage] = []
-    if conversation.system_prompt:
-        prompt.append({"role": "system", "content": conversation.system_prompt})
+    system_prompt = system_prompt_for(chat_request, default_system_prompt)
+    if system_prompt:
+        prompt.append({"role": "system", "content": system_prompt})
     prompt.extend(item for item in chat_request.history if item["content"])
     prompt.append({"role": "user", "content": chat_request.message})
     return prompt

@@ -62,9 +62,8 @@ async def relay(
     framer: QueryFramer | JsonFramer,
     on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[bytes]:
-    """Start the reply and yield its frames; however this ends, the reply is saved and
-    ``on_close`` (which gives back the stream slot) runs."""
-    generation.start()
+    """Yield the reply's frames; however this ends, the reply is saved and ``on_close``
+    (which gives back the stream slot) runs."""
     try:
         while True:
             items = await generation.take()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
-from asgiref.sync import SyncToAsync, sync_to_async
-from django.db import connections
+from asgiref.sync import SyncToAsync
 from django.test import AsyncClient
+
+from tests.loops import run_in_new_loop
 
 
 @pytest.fixture
@@ -24,20 +23,6 @@ def thread_hops(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(SyncToAsync, "__call__", counting)
     return hops
-
-
-def run_in_new_loop(coroutine):
-    """asyncio.run in a thread of its own (Playwright's tests leave a loop in this one); the
-    database connections the request opened in asgiref's thread are closed after it."""
-
-    async def run_then_close():
-        try:
-            return await coroutine
-        finally:
-            await sync_to_async(connections.close_all)()
-
-    with ThreadPoolExecutor(1) as executor:
-        return executor.submit(asyncio.run, run_then_close()).result()
 
 
 def middleware_hops(hops: list[str]) -> list[str]:

@@ -1,0 +1,50 @@
+"""The reply lifecycle called in-process: the real SDK to the fake upstream, the real database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError
+
+from conversations.generation import RUNNING, generation_aopen
+from conversations.models import Conversation
+from conversations.providers import get_provider
+from conversations.services import ChatRequest
+from tests.conftest import UPSTREAM_KEY
+from tests.loops import run_in_new_loop
+
+
+@pytest.fixture
+def openai_provider(settings, fake_upstream):
+    settings.CHAT_PROVIDER = "openai"
+    settings.OPENAI_API_KEY = UPSTREAM_KEY
+    settings.OPENAI_BASE_URL = fake_upstream.base_url
+    settings.OPENAI_MAX_RETRIES = 0
+    get_provider.cache_clear()
+    yield get_provider()
+    get_provider.cache_clear()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upstream_request_is_closed_when_a_new_conversation_cannot_be_saved(
+    fake_upstream, openai_provider
+):
+    """A new conversation asks upstream while its rows are written; if the write fails, the
+    upstream request is closed (or never sent) and nothing is left behind."""
+    fake_upstream.script("rows cannot be saved", first_token_delay=5.0)
+    nobody = get_user_model()(pk=987654, username="nobody")
+
+    async def open_reply_then_look_upstream() -> list[bool]:
+        with pytest.raises(IntegrityError):
+            await generation_aopen(
+                user=nobody, chat_request=ChatRequest(message="rows cannot be saved")
+            )
+        await asyncio.sleep(0.5)  # while this loop still runs, as a server's would
+        return [request.aborted for request in fake_upstream.requests_for("rows cannot be saved")]
+
+    aborted = run_in_new_loop(open_reply_then_look_upstream())
+    assert all(aborted)
+    assert not Conversation.objects.exists()
+    assert not RUNNING
