@@ -219,13 +219,12 @@ CHAT_MAX_SYSTEM_PROMPT_CHARS = env_number("CHAT_MAX_SYSTEM_PROMPT_CHARS", 8_000)
 CHAT_MAX_HISTORY_ITEMS = env_number("CHAT_MAX_HISTORY_ITEMS", 100)
 CHAT_MAX_HISTORY_ITEM_CHARS = env_number("CHAT_MAX_HISTORY_ITEM_CHARS", 32_000)
 
-# Limits. Counters and stream slots live in Django's cache (Redis when REDIS_URL is set).
+# Limits. Request counters and stream slots live in Redis when REDIS_URL is set, else in-process.
 CHAT_RATE_LIMIT = env_str("CHAT_RATE_LIMIT", "100/m")
 CHAT_STREAMS_PER_USER = env_number("CHAT_STREAMS_PER_USER", 10)
 CHAT_STREAM_QUEUE_LENGTH = env_number("CHAT_STREAM_QUEUE_LENGTH", 20)
 CHAT_STREAM_QUEUE_WAIT_SECONDS = env_number("CHAT_STREAM_QUEUE_WAIT_SECONDS", 10.0, float)
 CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
-RATELIMIT_USE_CACHE = "default"
 
 LOGGING = {
     "version": 1,

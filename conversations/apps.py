@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
 
 
 class ConversationsConfig(AppConfig):
@@ -7,6 +8,12 @@ class ConversationsConfig(AppConfig):
     verbose_name = "Conversations"
 
     def ready(self) -> None:
+        from .limits import request_counter, stream_slots
         from .providers import get_provider
 
         get_provider()  # import the SDK and build its client now, not during the first request
+        try:
+            request_counter()
+        except ValueError as error:
+            raise ImproperlyConfigured(f"CHAT_RATE_LIMIT: {error}") from None
+        stream_slots()

@@ -8,7 +8,6 @@ from django.http import HttpRequest
 from django.utils.decorators import sync_and_async_middleware
 
 from .errors import ApiError
-from .limits import enforce_rate_limit
 from .tokens import api_token_authenticate
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
@@ -48,23 +47,7 @@ def api_user(request: HttpRequest) -> AbstractBaseUser:
     return request.user
 
 
-def api_user_admitted(request: HttpRequest) -> AbstractBaseUser:
-    """The caller, counted against the rate limit: ApiError(401) or ApiError(429) otherwise.
-
-    Unknown callers are counted by address, so guessing tokens is rate limited too.
-    """
-    try:
-        user = api_user(request)
-    except ApiError:
-        enforce_rate_limit(request, None)
-        raise
-    enforce_rate_limit(request, user)
-    return user
-
-
-api_auser_admitted = sync_to_async(api_user_admitted)
-"""Both in one trip to a worker thread: the token is read from the database and the counter
-kept in the cache, both with blocking clients."""
+api_auser = sync_to_async(api_user)
 
 
 def exempt_token_requests_from_csrf(request: HttpRequest) -> None:

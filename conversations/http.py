@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from .auth import api_auser_admitted
+from .auth import api_auser
 from .errors import ApiError, api_error_response, error_response
+from .limits import enforce_rate_limit
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,12 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                     headers={"Allow": ", ".join(methods)},
                 )
             try:
-                request.api_user = await api_auser_admitted(request)
+                try:
+                    request.api_user = await api_auser(request)
+                except ApiError:
+                    await enforce_rate_limit(request, None)
+                    raise
+                await enforce_rate_limit(request, request.api_user)
                 return await view(request, *args, **kwargs)
             except ApiError as error:
                 return api_error_response(error)

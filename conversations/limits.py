@@ -1,8 +1,8 @@
 """Fair limits: requests per minute (fixed window) and concurrent streams per user (FIFO queue).
 
-Counters live in Django's cache through django-ratelimit; stream slots live in Redis when
-REDIS_URL is set (shared by every worker; a dead worker's slots expire) and in this process
-otherwise (one worker).
+Request counters and stream slots live in Redis when REDIS_URL is set (shared by every worker;
+a dead worker's slots expire) and in this process otherwise (one worker). Both are checked on
+the event loop with the asyncio Redis client: one round trip each, no worker thread.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import ipaddress
 import itertools
 import math
 import os
+import re
 import time
 import uuid
 from collections import deque
@@ -21,8 +22,6 @@ from functools import cache
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
-from django_ratelimit import ALL
-from django_ratelimit.core import get_usage
 
 from .errors import ApiError
 
@@ -56,22 +55,87 @@ def rate_limit_key(request: HttpRequest, user: AbstractBaseUser | None) -> str:
     return f"user:{user.pk}" if user is not None else f"ip:{client_ip(request)}"
 
 
-def _usage(request: HttpRequest, key: str) -> dict | None:
-    return get_usage(
-        request,
-        group="api",
-        key=lambda group, request: key,
-        rate=settings.CHAT_RATE_LIMIT,
-        method=ALL,
-        increment=True,
-    )
+RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def enforce_rate_limit(request: HttpRequest, user: AbstractBaseUser | None) -> None:
+@dataclass(frozen=True)
+class Rate:
+    """``100/m``: at most 100 requests in each fixed window of a minute (also ``/s``, ``/h``,
+    ``/d`` and multiples such as ``10/5m``)."""
+
+    limit: int
+    period: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        match = RATE.match(text)
+        if match is None:
+            raise ValueError(f"not a rate: {text!r} (expected e.g. 100/m)")
+        count, multiple, unit = match.groups()
+        return cls(int(count), int(multiple or 1) * SECONDS[unit])
+
+    def window(self, now: float) -> tuple[int, float]:
+        """The index of the window ``now`` falls in and the seconds left in it."""
+        return int(now // self.period), self.period - now % self.period
+
+
+class RequestCounter:
+    """Counts requests per key in fixed windows."""
+
+    def __init__(self, rate: Rate) -> None:
+        self.rate = rate
+
+    async def hit(self, key: str) -> tuple[int, float]:
+        """Count one request; the count in this window so far and the seconds left in it."""
+        raise NotImplementedError
+
+
+class LocalRequestCounter(RequestCounter):
+    def __init__(self, rate: Rate) -> None:
+        super().__init__(rate)
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    async def hit(self, key: str) -> tuple[int, float]:
+        window, seconds_left = self.rate.window(time.time())
+        counted_window, count = self._counts.get(key, (window, 0))
+        if counted_window != window:
+            if len(self._counts) > 10_000:
+                self._counts = {k: v for k, v in self._counts.items() if v[0] == window}
+            count = 0
+        self._counts[key] = (window, count + 1)
+        return count + 1, seconds_left
+
+
+# KEYS: the window's counter. ARGV: its lifetime in seconds. Returns the count.
+COUNT_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return count
+"""
+
+
+class RedisRequestCounter(RequestCounter):
+    def __init__(self, rate: Rate, *, client, prefix: str) -> None:
+        super().__init__(rate)
+        self.prefix = prefix
+        self._count = client.register_script(COUNT_SCRIPT)
+
+    async def hit(self, key: str) -> tuple[int, float]:
+        window, seconds_left = self.rate.window(time.time())
+        counter = f"{self.prefix}:requests:{key}:{window}"
+        count = await self._count(keys=[counter], args=[self.rate.period + 1])
+        return int(count), seconds_left
+
+
+async def enforce_rate_limit(request: HttpRequest, user: AbstractBaseUser | None) -> None:
     """Count this request in its fixed window; ApiError(429) with Retry-After over the limit."""
-    usage = _usage(request, rate_limit_key(request, user))
-    if usage and usage["should_limit"]:
-        retry_after = max(1, math.ceil(usage["time_left"]))
+    counter = request_counter()
+    count, seconds_left = await counter.hit(rate_limit_key(request, user))
+    if count > counter.rate.limit:
+        retry_after = max(1, math.ceil(seconds_left))
         raise ApiError(
             429,
             "rate_limited",
@@ -215,11 +279,9 @@ class RedisStreamSlots(StreamSlots):
 
     poll_seconds = 0.05
 
-    def __init__(self, *, url: str, prefix: str, **kwargs) -> None:
+    def __init__(self, *, client, prefix: str, **kwargs) -> None:
         super().__init__(**kwargs)
-        import redis.asyncio
-
-        self.redis = redis.asyncio.Redis.from_url(url)
+        self.redis = client
         self.prefix = prefix
         self._acquire = self.redis.register_script(ACQUIRE_SCRIPT)
 
@@ -253,6 +315,26 @@ class RedisStreamSlots(StreamSlots):
 
 
 @cache
+def redis_client():
+    """This process's asyncio Redis client (its connection pool), shared by both limits."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(settings.REDIS_URL)
+
+
+def key_prefix() -> str:
+    return settings.CACHES["default"].get("KEY_PREFIX", "chatsite")
+
+
+@cache
+def request_counter() -> RequestCounter:
+    rate = Rate.parse(settings.CHAT_RATE_LIMIT)
+    if settings.REDIS_URL:
+        return RedisRequestCounter(rate, client=redis_client(), prefix=key_prefix())
+    return LocalRequestCounter(rate)
+
+
+@cache
 def stream_slots() -> StreamSlots:
     options = {
         "limit": settings.CHAT_STREAMS_PER_USER,
@@ -261,6 +343,5 @@ def stream_slots() -> StreamSlots:
         "ttl": settings.CHAT_STREAM_MAX_SECONDS + 60,
     }
     if settings.REDIS_URL:
-        prefix = settings.CACHES["default"].get("KEY_PREFIX", "chatsite")
-        return RedisStreamSlots(url=settings.REDIS_URL, prefix=prefix, **options)
+        return RedisStreamSlots(client=redis_client(), prefix=key_prefix(), **options)
     return LocalStreamSlots(**options)

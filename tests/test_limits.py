@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 
+from conversations.limits import Rate
 from conversations.models import Message
 from tests.conftest import session_client
 from tests.sse import iter_frames
@@ -51,6 +52,14 @@ def proxied_server(start_server, fake_upstream):
         CHAT_TRUSTED_PROXIES="127.0.0.1",
         CACHE_KEY_PREFIX=f"proxied-{uuid.uuid4().hex}",
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "period"),
+    [("100/m", 100, 60), ("5/s", 5, 1), ("10/5m", 10, 300), ("9/h", 9, 3600), ("2/d", 2, 86400)],
+)
+def test_rate_limit_setting_reads_count_and_window(text, limit, period):
+    assert Rate.parse(text) == Rate(limit, period)
 
 
 def test_fixed_window_limit_answers_429_with_retry_after_per_user(
@@ -228,3 +237,25 @@ def test_two_server_processes_share_stream_slots_through_redis(
         response.close()
     for client in clients:
         client.close()
+
+
+def test_two_server_processes_count_requests_in_one_window_through_redis(
+    start_server, redis_url, make_user, transactional_db
+):
+    shared = {
+        "REDIS_URL": redis_url,
+        "CHAT_RATE_LIMIT": "3/d",  # one window for the whole test
+        "CACHE_KEY_PREFIX": f"counted-{uuid.uuid4().hex}",
+    }
+    one = start_server("counted-one", **shared)
+    two = start_server("counted-two", **shared)
+    user = make_user("gus")
+    with session_client(one.url, user) as first, session_client(two.url, user) as second:
+        statuses = [
+            first.get("/api/conversations").status_code,
+            second.get("/api/conversations").status_code,
+            first.get("/api/conversations").status_code,
+            second.get("/api/conversations").status_code,
+        ]
+
+    assert statuses == [200, 200, 200, 429]

@@ -46,6 +46,13 @@ def test_openai_provider_requires_an_api_key():
     assert "OPENAI_API_KEY is required" in result.stderr
 
 
+def test_refuses_to_start_with_a_malformed_rate_limit():
+    result = run_settings(DJANGO_DEBUG="1", CHAT_RATE_LIMIT="lots")
+
+    assert result.returncode != 0
+    assert "CHAT_RATE_LIMIT: not a rate: 'lots'" in result.stderr
+
+
 def test_sqlite_url_is_relative_to_the_project_unless_absolute():
     relative = database_from_url("sqlite:///db.sqlite3")
     absolute = database_from_url("sqlite:////tmp/chat.sqlite3")
