@@ -8,6 +8,7 @@ Nothing here runs a timer per token: keep-alives and the time limit are one time
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Sequence
 from contextlib import aclosing
@@ -18,7 +19,14 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from .models import Message
 from .providers import ChatMessage, ChatProvider, ProviderError, StreamOutcome, get_provider
-from .services import ChatRequest, message_afinalize, new_conversation_prompt, reply_aopen
+from .services import (
+    ChatRequest,
+    OpenedReply,
+    message_aclose_abandoned,
+    message_afinalize,
+    new_conversation_prompt,
+    reply_aopen,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -219,17 +227,48 @@ async def generation_aopen(*, user: AbstractBaseUser, chat_request: ChatRequest)
         "default_system_prompt": settings.CHAT_SYSTEM_PROMPT,
     }
     if chat_request.conversation_id is not None:
-        opened = await reply_aopen(**options)
+        opened = await _rows_aopen(options)
         generation.start(opened.prompt)
     else:
         generation.start(new_conversation_prompt(chat_request, settings.CHAT_SYSTEM_PROMPT))
         try:
-            opened = await reply_aopen(**options)
+            opened = await _rows_aopen(options)
         except BaseException:
             await generation.adiscard()
             raise
     generation.bind(conversation_id=opened.conversation.pk, message_id=opened.assistant_message.pk)
     return generation
+
+
+ABANDONED: set[asyncio.Task] = set()
+"""Saves of replies whose client left while their rows were being written."""
+
+
+async def _rows_aopen(options: dict) -> OpenedReply:
+    """reply_aopen; if the caller is cancelled meanwhile (the client left), the worker thread
+    still writes the rows, and the reply is then saved as cancelled, not left streaming."""
+    opening = asyncio.ensure_future(reply_aopen(**options))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_cancel_abandoned_reply)
+        raise
+
+
+def _cancel_abandoned_reply(opening: asyncio.Future[OpenedReply]) -> None:
+    if opening.cancelled():
+        return
+    if opening.exception() is not None:
+        logger.warning("a reply's rows could not be saved", exc_info=opening.exception())
+        return
+    opened = opening.result()
+    save = message_aclose_abandoned(
+        message_id=opened.assistant_message.pk, conversation_id=opened.conversation.pk
+    )
+    # A fresh context: the request's thread-sensitive context (and its thread) has ended.
+    task = asyncio.get_running_loop().create_task(save, context=contextvars.Context())
+    ABANDONED.add(task)
+    task.add_done_callback(ABANDONED.discard)
 
 
 async def generation_astop(message_id: int) -> bool:

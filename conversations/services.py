@@ -234,6 +234,23 @@ def message_finalize(
 message_afinalize = sync_to_async(message_finalize)
 
 
+def message_close_abandoned(*, message_id: int, conversation_id: int) -> bool:
+    """Save a reply whose client left before it started as cancelled, then hand the
+    connection back to the pool (this runs outside any request)."""
+    try:
+        return message_finalize(
+            message_id=message_id,
+            conversation_id=conversation_id,
+            status=Message.Status.CANCELLED,
+            content="",
+        )
+    finally:
+        connection.close()
+
+
+message_aclose_abandoned = sync_to_async(message_close_abandoned)
+
+
 def messages_interrupt_stale(*, older_than: timedelta) -> int:
     """Mark replies left ``streaming`` by a process that died as ``interrupted``."""
     cutoff = timezone.now() - older_than

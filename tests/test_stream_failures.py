@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
+from django.db import connection, transaction
 
 from conversations.models import Conversation, Message
 from tests.conftest import UPSTREAM_KEY, free_port, session_client
@@ -28,6 +30,43 @@ def wait_until(predicate, timeout: float = 5.0, step: float = 0.01):
 def assert_no_errors_logged(log: str) -> None:
     assert "Traceback" not in log
     assert " ERROR " not in log
+
+
+@contextmanager
+def conversation_rows_locked():
+    """Hold the conversations table, so a server's insert into it waits until the block ends."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("LOCK TABLE conversations_conversation IN EXCLUSIVE MODE")
+        else:  # SQLite's write lock, taken by atomic()'s BEGIN IMMEDIATE
+            cursor.execute("UPDATE conversations_conversation SET title = title WHERE id = -1")
+        yield
+
+
+def test_client_leaving_while_the_rows_are_written_gets_its_reply_saved_as_cancelled(
+    server, client, user, fake_upstream
+):
+    trigger = "leave while the rows are written"
+    fake_upstream.script(trigger, first_token_delay=3.0)
+
+    with conversation_rows_locked():
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(
+                "/api/chat/stream",
+                json={"message": trigger},
+                timeout=httpx.Timeout(15.0, read=1.0),
+            )
+        upstream = fake_upstream.wait_for_request(trigger)
+        time.sleep(0.3)  # the server sees the disconnect while its insert still waits
+
+    reply = wait_until(
+        lambda: Message.objects.filter(conversation__owner=user, role="assistant").first()
+    )
+    reply = wait_for_status(reply.pk)
+    assert reply.status == "cancelled"
+    assert reply.content == ""
+    assert [m.content for m in reply.conversation.messages.all()] == [trigger, ""]
+    assert wait_until(lambda: upstream.aborted)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
