@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -9,10 +10,13 @@ import uuid
 
 import httpx
 import pytest
+import redis.asyncio
 
-from conversations.limits import Rate
+from conversations.errors import ApiError
+from conversations.limits import Rate, RedisStreamSlots
 from conversations.models import Message
 from tests.conftest import session_client
+from tests.loops import run_in_new_loop
 from tests.sse import iter_frames
 from tests.test_stream_failures import wait_until
 
@@ -259,3 +263,31 @@ def test_two_server_processes_count_requests_in_one_window_through_redis(
         ]
 
     assert statuses == [200, 200, 200, 429]
+
+
+def test_a_slot_held_by_a_worker_that_died_expires(redis_url):
+    """A worker killed mid-stream never gives its slot back; Redis forgets it after the ttl."""
+
+    async def hold_then_try_again() -> tuple[int | None, str]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        slots = RedisStreamSlots(
+            client=client,
+            prefix=f"expiry-{uuid.uuid4().hex}",
+            limit=1,
+            queue_length=0,
+            wait_seconds=0.1,
+            ttl=1.0,
+        )
+        await slots.acquire("user:1")  # never released, as by a worker that died
+        refused = None
+        try:
+            await slots.acquire("user:1")
+        except ApiError as busy:
+            refused = busy.status
+        await asyncio.sleep(1.1)
+        after_ttl = await slots.acquire("user:1")
+        await after_ttl.release()
+        await client.aclose()
+        return refused, after_ttl.owner
+
+    assert run_in_new_loop(hold_then_try_again()) == (429, "user:1")
