@@ -39,14 +39,10 @@ def _insert_sql(model: type[Model], names: tuple[str, ...], rows: int) -> str:
 
 def insert_rows(model: type[Model], names: Sequence[str], rows: Sequence[Sequence]) -> list[int]:
     """Insert ``rows`` (values in the order of ``names``) in one statement; their primary keys."""
-    fields, _ = _columns(model, tuple(names))
-    params = [
-        field.get_db_prep_save(value, connection)
-        for row in rows
-        for field, value in zip(fields, row, strict=True)
-    ]
+    names = tuple(names)
+    params = [value for row in rows for value in _prepared(model, names, row)]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(model, tuple(names), len(rows)), params)
+        cursor.execute(_insert_sql(model, names, len(rows)), params)
         return [pk for (pk,) in cursor.fetchall()]
 
 
