@@ -44,23 +44,28 @@ def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
     if owner is None:
         return None
     token_id = owner.__dict__.pop("api_token_id")
-    if owner.__dict__.pop("api_token_stale") and owner.is_active:
+    last_use_is_stale = owner.__dict__.pop("api_token_stale")
+    if not owner.is_active:
+        return None
+    if last_use_is_stale:
         statements.update_rows(ApiToken, {"last_used_at": now}, {"id": token_id})
-    return owner if owner.is_active else None
+    return owner
 
 
 @cache
 def _owner_sql() -> str:
     quote = connection.ops.quote_name
-    users, tokens = get_user_model()._meta, ApiToken._meta
+    users = get_user_model()._meta
+
+    def token(name: str) -> str:
+        return "t." + quote(ApiToken._meta.get_field(name).column)
+
     return (
-        f"SELECT u.*, t.{quote('id')} AS api_token_id, "
-        f"(t.{quote('last_used_at')} IS NULL OR t.{quote('last_used_at')} < %s) "
-        "AS api_token_stale "
-        f"FROM {quote(tokens.db_table)} t "
-        f"INNER JOIN {quote(users.db_table)} u "
-        f"ON u.{quote(users.pk.column)} = t.{quote('owner_id')} "
-        f"WHERE t.{quote('digest')} = %s AND t.{quote('revoked_at')} IS NULL"
+        f"SELECT u.*, {token('id')} AS api_token_id, "
+        f"({token('last_used_at')} IS NULL OR {token('last_used_at')} < %s) AS api_token_stale "
+        f"FROM {quote(ApiToken._meta.db_table)} t "
+        f"INNER JOIN {quote(users.db_table)} u ON u.{quote(users.pk.column)} = {token('owner')} "
+        f"WHERE {token('digest')} = %s AND {token('revoked_at')} IS NULL"
     )
 
 

@@ -65,6 +65,7 @@ def test_client_leaving_while_the_rows_are_written_gets_its_reply_saved_as_cance
     reply = wait_for_status(reply.pk)
     assert reply.status == "cancelled"
     assert reply.content == ""
+    assert reply.duration_ms is None  # saved by the abandoned-rows path, not by a started reply
     assert [m.content for m in reply.conversation.messages.all()] == [trigger, ""]
     assert wait_until(lambda: upstream.aborted)
 
