@@ -7,6 +7,7 @@ what the upstream received, what it sent and when, and whether the client aborte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import threading
@@ -149,9 +150,11 @@ class FakeUpstream:
         return keep_alive and not record.aborted
 
     async def _watch_for_abort(self, reader: asyncio.StreamReader, record: UpstreamRequest) -> None:
-        """An end of file while responding is the client aborting (a cancelled read loses no
-        data, so the next request on the connection is read whole)."""
-        await reader.read(1)
+        """An end of file or a reset while responding is the client aborting (a cancelled read
+        loses no data, so the next request on the connection is read whole). A client that
+        closes with our response unread resets the connection."""
+        with contextlib.suppress(ConnectionError):
+            await reader.read(1)
         if record.finished_at is None:
             record.aborted_at = time.monotonic()
 
