@@ -29,6 +29,7 @@ class Script:
     usage: tuple[int, int] | None = (11, 7)
     linger_after_done: float = 0.0
     """Seconds between ``data: [DONE]`` and the end of the body."""
+    set_cookie: str | None = None
 
 
 @dataclass
@@ -168,9 +169,11 @@ class FakeUpstream:
             body = script.error_body or {"error": {"message": "scripted failure", "type": "server"}}
             await self._send_json(writer, script.status, body)
             return False
+        cookie = f"Set-Cookie: {script.set_cookie}\r\n" if script.set_cookie else ""
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
+            + cookie.encode("latin-1")
+            + b"Transfer-Encoding: chunked\r\n\r\n"
         )
         completion_id = f"chatcmpl-{next(self._ids)}"
         model = record.body.get("model", "fake")

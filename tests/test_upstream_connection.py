@@ -30,3 +30,16 @@ def test_reply_ends_at_done_even_if_the_upstream_keeps_the_body_open(client, fak
     assert response.content.endswith(b"data: [DONE]\n\n")
     message = wait_for_status(int(response.headers["x-message-id"]))
     assert (message.status, message.content) == (Message.Status.COMPLETE, "all here")
+
+
+def test_a_cookie_the_upstream_sets_is_not_sent_with_later_replies(client, fake_upstream):
+    """One upstream client serves every user, so it keeps no cookies."""
+    fake_upstream.script("set a cookie", set_cookie="session=for-one-user; Path=/")
+    fake_upstream.script("after the cookie")
+
+    for message in ("set a cookie", "after the cookie"):
+        response = client.get("/api/chat/stream", params={"message": message})
+        assert response.content.endswith(b"data: [DONE]\n\n")
+
+    later = fake_upstream.wait_for_request("after the cookie")
+    assert "cookie" not in later.headers

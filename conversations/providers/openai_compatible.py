@@ -20,6 +20,21 @@ logger = logging.getLogger(__name__)
 DRAIN_SECONDS = 1.0
 
 
+class NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class UpstreamHttpClient(openai.DefaultAsyncHttpxClient):
+    """The SDK's HTTP client without a cookie jar. One client serves every user's requests, so
+    a cookie the upstream set for one must not go out with the next; nor is each response's
+    Set-Cookie worth reading (httpx builds a urllib request per response to do it)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._cookies = NoCookies()
+
+
 class OpenAICompatibleProvider(ChatProvider):
     def __init__(
         self,
@@ -36,6 +51,7 @@ class OpenAICompatibleProvider(ChatProvider):
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             max_retries=max_retries,
+            http_client=UpstreamHttpClient(),
         )
 
     async def stream(
