@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser run test lint format migrations-check bench bench-quick ci clean
+.PHONY: install browser run test lint format migrations-check bench bench-quick ci clean screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ migrations-check: install
 
 test: install browser lint migrations-check
 	$(BIN)/pytest
+
+# Refresh the README's screenshot of the chat page (tests/artifacts/chat-page.png).
+screenshot: install browser
+	UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/test_chat_ui.py -k watches_the_reply_grow
 
 # The relay against its peers (needs PostgreSQL and Redis on 127.0.0.1; a few minutes).
 bench: install

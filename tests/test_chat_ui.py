@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from tests.conftest import session_client
 from tests.test_stream_failures import wait_until
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+"""Where ``make screenshot`` (UPDATE_SCREENSHOT=1) refreshes the README's screenshot; other
+runs write theirs to a temporary directory, so a test run leaves the tree as it found it."""
 
 RECORD_STREAMED_TEXT = """() => {
   window.__snapshots = [];
@@ -40,7 +43,7 @@ def last_assistant(page):
 
 
 def test_user_signs_in_and_watches_the_reply_grow_then_become_the_saved_markdown(
-    server, browser, fake_upstream, transactional_db
+    server, browser, fake_upstream, transactional_db, tmp_path
 ):
     get_user_model().objects.create_user("hana", password="correct horse battery staple")
     tokens = ["Grüße", ', "friend"', " 👋🏽", "\n\nHere's **bold**", " and `code`", " — done."]
@@ -78,8 +81,9 @@ def test_user_signs_in_and_watches_the_reply_grow_then_become_the_saved_markdown
     expect(page.get_by_role("navigation").get_by_role("link", name="browser hello")).to_be_visible()
     assert conversation.messages.get(role="assistant").content == full_text
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / "chat-page.png")
+    screenshots = ARTIFACTS if os.environ.get("UPDATE_SCREENSHOT") else tmp_path
+    page.screenshot(path=screenshots / "chat-page.png")
+    assert (screenshots / "chat-page.png").stat().st_size > 10_000
     context.close()
 
 
