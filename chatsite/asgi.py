@@ -12,13 +12,11 @@ application = get_asgi_application()
 
 
 def freeze_what_startup_loaded() -> None:
-    """Load every view and the configured provider, then move all those long-lived objects
-    out of the garbage collector's sight: otherwise each full collection walks them all, a
-    pause of 100-200 ms under load that stalls every open stream at once."""
-    from conversations.providers import get_provider
-
+    """Load every view (the provider and the limits were built by the app's ready()), then
+    move all those long-lived objects out of the garbage collector's sight: otherwise each
+    full collection walks them all, a pause of 100-200 ms under load that stalls every open
+    stream at once."""
     get_resolver().url_patterns  # noqa: B018
-    get_provider()
     gc.freeze()
 
 

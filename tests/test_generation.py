@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -41,8 +42,15 @@ def test_upstream_request_is_closed_when_a_new_conversation_cannot_be_saved(
             await generation_aopen(
                 user=nobody, chat_request=ChatRequest(message="rows cannot be saved")
             )
-        await asyncio.sleep(0.5)  # while this loop still runs, as a server's would
-        return [request.aborted for request in fake_upstream.requests_for("rows cannot be saved")]
+        # Poll while this loop still runs, as a server's would: until the request that went
+        # out is aborted (or, if none went out, for half a second), well inside the 5 s delay.
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:
+            aborted = [r.aborted for r in fake_upstream.requests_for("rows cannot be saved")]
+            if all(aborted) and (aborted or time.monotonic() - started > 0.5):
+                break
+            await asyncio.sleep(0.02)
+        return aborted
 
     aborted = run_in_new_loop(open_reply_then_look_upstream())
     assert all(aborted)
