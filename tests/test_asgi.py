@@ -1,0 +1,125 @@
+"""The ASGI handler frees each request when it ends, instead of leaving it to the collector.
+
+Run in-process, as Django's own ASGI tests do: the server process's garbage is not visible
+from here. The collector is off while the request runs, so whatever a reference cycle keeps
+alive is still there to be found afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from urllib.parse import urlencode
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIRequest
+
+from chatsite.asgi import application
+from conversations import limits
+from conversations.models import Message
+from conversations.tokens import api_token_create
+from tests.loops import run_in_new_loop
+
+LIMIT_CLIENTS = (limits.redis_client, limits.request_counter, limits.stream_slots)
+
+
+@pytest.fixture(autouse=True)
+def limits_built_on_each_loop():
+    """The limits' Redis client belongs to the event loop it was made on; each test runs a
+    loop of its own."""
+    for factory in LIMIT_CLIENTS:
+        factory.cache_clear()
+    yield
+    for factory in LIMIT_CLIENTS:
+        factory.cache_clear()
+
+
+@pytest.fixture
+def collector_off():
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def unreachable_objects() -> list:
+    """What only reference cycles kept alive since the collector was turned off."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+
+
+async def exchange(path: str, query: dict, token: str, *, leave_after_first_token: bool) -> list:
+    """One request through the ASGI application; the client disconnects once the response
+    is complete or, if asked, as soon as the first token arrives."""
+    sent: list[dict] = []
+    client_gone = asyncio.Event()
+    request_read = False
+
+    async def receive() -> dict:
+        nonlocal request_read
+        if not request_read:
+            request_read = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await client_gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        if message["type"] != "http.response.body":
+            return
+        first_token = leave_after_first_token and b"data:" in message["body"]
+        if first_token or not message.get("more_body"):
+            client_gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": urlencode(query).encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    await application(scope, receive, send)
+    if settings.REDIS_URL:
+        await limits.redis_client().aclose()
+    return sent
+
+
+def left_behind(garbage: list) -> list[str]:
+    return [
+        type(item).__name__ for item in garbage if isinstance(item, ASGIRequest | RequestAborted)
+    ]
+
+
+def test_a_finished_request_leaves_no_reference_cycle_behind(user, collector_off):
+    _, token = api_token_create(owner=user)
+
+    sent = run_in_new_loop(exchange("/api/conversations", {}, token, leave_after_first_token=False))
+
+    assert sent[0]["status"] == 200
+    assert left_behind(unreachable_objects()) == []
+
+
+def test_a_stream_the_client_left_leaves_no_reference_cycle_behind(user, collector_off):
+    _, token = api_token_create(owner=user)
+
+    sent = run_in_new_loop(
+        exchange("/api/chat/stream", {"message": "hello"}, token, leave_after_first_token=True)
+    )
+
+    assert sent[0]["status"] == 200
+    assert Message.objects.get(role="assistant").status == Message.Status.CANCELLED
+    assert left_behind(unreachable_objects()) == []
