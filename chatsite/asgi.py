@@ -3,8 +3,10 @@
 import contextvars
 import gc
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import django
+from asgiref.sync import ThreadSensitiveContext
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import get_resolver
 
@@ -14,8 +16,30 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 CREATED_REQUESTS: contextvars.ContextVar[list] = contextvars.ContextVar("created_requests")
 
 
+class RequestThreads:
+    """One thread per request for its thread-sensitive work (the ORM, Django's signals), as
+    Django arranges it, but kept for later requests: asgiref would otherwise start a thread for
+    every request, and another one to join it when the request ends."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._idle: list[ThreadPoolExecutor] = []
+
+    def take(self) -> ThreadPoolExecutor:
+        if self._idle:
+            return self._idle.pop()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+
+    def give_back(self, executor: ThreadPoolExecutor) -> None:
+        if len(self._idle) < self.keep:
+            self._idle.append(executor)
+        else:
+            executor.shutdown(wait=False)
+
+
 class ChatASGIHandler(ASGIHandler):
-    """Django's handler, minus the reference cycles it leaves behind for every request.
+    """Django's handler with reused request threads, minus the reference cycles it leaves
+    behind for every request.
 
     A request's objects point at each other (its message storage, its lazy user and its
     ``auser`` all hold the request), so none of them is freed when the request ends: they
@@ -23,12 +47,19 @@ class ChatASGIHandler(ASGIHandler):
     make that pause longer. Emptying the request when it is done lets them go at once.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads = RequestThreads()
+
     async def handle(self, scope, receive, send):
         created = []
         reset = CREATED_REQUESTS.set(created)
+        executor = self.threads.take()
         try:
-            await super().handle(scope, receive, send)
+            async with ThreadSensitiveContext(executor=executor):
+                await super().handle(scope, receive, send)
         finally:
+            self.threads.give_back(executor)
             CREATED_REQUESTS.reset(reset)
             for request in created:
                 request.__dict__.clear()

@@ -1,4 +1,5 @@
-"""The ASGI handler frees each request when it ends, instead of leaving it to the collector.
+"""The ASGI handler: each request's thread is reused, and each request is freed when it ends
+instead of being left to the garbage collector.
 
 Run in-process, as Django's own ASGI tests do: the server process's garbage is not visible
 from here. The collector is off while the request runs, so whatever a reference cycle keeps
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from urllib.parse import urlencode
 
 import pytest
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIRequest
+from django.core.signals import request_started
 
 from chatsite.asgi import application
 from conversations import limits
@@ -123,3 +126,45 @@ def test_a_stream_the_client_left_leaves_no_reference_cycle_behind(user, collect
     assert sent[0]["status"] == 200
     assert Message.objects.get(role="assistant").status == Message.Status.CANCELLED
     assert left_behind(unreachable_objects()) == []
+
+
+@pytest.fixture
+def request_threads():
+    """The thread each request's thread-sensitive work ran on, in order."""
+    idents: list[int] = []
+
+    def record(**kwargs) -> None:
+        idents.append(threading.get_native_id())
+
+    request_started.connect(record)
+    yield idents
+    request_started.disconnect(record)
+
+
+def test_requests_one_after_another_reuse_one_thread(user, request_threads):
+    _, token = api_token_create(owner=user)
+
+    for _ in range(3):
+        run_in_new_loop(exchange("/api/conversations", {}, token, leave_after_first_token=False))
+
+    assert len(request_threads) == 3
+    assert len(set(request_threads)) == 1
+    assert threading.get_native_id() not in request_threads
+
+
+def test_requests_at_the_same_time_each_have_a_thread_of_their_own(user, request_threads):
+    _, token = api_token_create(owner=user)
+
+    async def two_streams():
+        query = {"message": "hello"}
+        return await asyncio.gather(
+            *(
+                exchange("/api/chat/stream", query, token, leave_after_first_token=True)
+                for _ in range(2)
+            )
+        )
+
+    responses = run_in_new_loop(two_streams())
+
+    assert [sent[0]["status"] for sent in responses] == [200, 200]
+    assert len(set(request_threads)) == 2
