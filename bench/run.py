@@ -123,6 +123,22 @@ def upstream_stats(port: int) -> dict[int, dict]:
     return {r["id"]: r for r in httpx.get(f"http://127.0.0.1:{port}/stats", timeout=30).json()}
 
 
+def upstream_active(port: int) -> int:
+    return httpx.get(f"http://127.0.0.1:{port}/active", timeout=30).json()["streams"]
+
+
+async def upstream_idle(port: int, limit: float = 60.0) -> float:
+    """Wait until the upstream writes no stream (the ones a relay that never aborts left
+    running after the last run); the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit and upstream_active(port):
+        await asyncio.sleep(0.25)
+    waited = time.monotonic() - started
+    if waited > 0.1:
+        await asyncio.sleep(0.5)  # the relay still writing them comes to rest too
+    return waited
+
+
 async def run_streams(target: Target, upstream_port: int, clients: list[list[dict]]) -> dict:
     """Run the clients against one target; measure server CPU, RSS and the client side.
 
@@ -130,6 +146,7 @@ async def run_streams(target: Target, upstream_port: int, clients: list[list[dic
     Streams marked ``warmup`` (opened while the load ramps up) count for CPU and gaps, not TTFT.
     """
     specs = [spec for client in clients for spec in client]
+    settled = await upstream_idle(upstream_port)
     rss_before, cpu_before = target.rss_kb(), target.cpu_seconds()
     own_before = time.process_time()
     peak_rss = rss_before
@@ -196,6 +213,7 @@ async def run_streams(target: Target, upstream_port: int, clients: list[list[dic
         "rss_kb_per_stream": (peak_rss - rss_before) / len(specs),
         "abort_ms": spread(aborts),
         "never_aborted": never_aborted,
+        "waited_for_upstream_seconds": settled,
         "errors": sum(1 for r in results if r.error),
         "error_samples": sorted({r.error for r in results if r.error})[:3],
     }

@@ -4,7 +4,9 @@ The prompt's last user message selects the reply: ``tokens=N interval=S delay=S`
 streams share one ticker per interval (one timer wake-up per tick for all streams, not one per
 token), chunks are pre-encoded, and each request records when it started, when its first token
 went out and when its client aborted. Connections are kept alive between streams, as a real
-API's are. ``GET /stats`` returns (and clears) those records.
+API's are. ``GET /stats`` returns (and clears) those records; ``GET /active`` the number of
+streams still being written (a relay that never aborts leaves them running after its clients
+left, and the next measurement must not share the machine with them).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class Upstream:
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.tickers: dict[float, Ticker] = {}
+        self.active = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve requests on one connection until the client closes it or aborts a stream."""
@@ -142,12 +145,19 @@ class Upstream:
         if head.startswith(b"GET /stats"):
             payload = json.dumps([asdict(r) for r in self.records]).encode()
             self.records = []
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (len(payload), payload)
-            )
-            return False
-        return await self.stream(reader, writer, json.loads(body))
+        elif head.startswith(b"GET /active"):
+            payload = json.dumps({"streams": self.active}).encode()
+        else:
+            self.active += 1
+            try:
+                return await self.stream(reader, writer, json.loads(body))
+            finally:
+                self.active -= 1
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(payload), payload)
+        )
+        return False
 
     async def stream(self, reader, writer, body: dict) -> bool:
         """One streamed reply; True if the connection can serve another request."""
