@@ -206,7 +206,12 @@ def message_finalize(
     error_code: str = "",
     error_message: str = "",
 ) -> bool:
-    """Close a streaming reply exactly once; returns False if something else already closed it."""
+    """Close a streaming reply exactly once; returns False if something else already closed it.
+
+    The reply's conditional UPDATE is what counts; the conversation's last activity follows in
+    a statement of its own, not a transaction (two round trips fewer for every reply): if that
+    one failed, only the conversation's activity time would be stale.
+    """
     now = timezone.now()
     result = {
         "status": status,
@@ -220,13 +225,12 @@ def message_finalize(
         "error_code": error_code,
         "error_message": error_message,
     }
-    with transaction.atomic():
-        updated = statements.update_rows(
-            Message, result, {"id": message_id, "status": Message.Status.STREAMING}
-        )
-        if updated:
-            statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
-    if not updated:
+    updated = statements.update_rows(
+        Message, result, {"id": message_id, "status": Message.Status.STREAMING}
+    )
+    if updated:
+        statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
+    else:
         logger.warning("reply %s was already finalised; status %s not saved", message_id, status)
     return bool(updated)
 
