@@ -64,7 +64,7 @@ def test_new_conversation_sends_system_prompt_then_client_history_then_message(
 ):
     history = [
         {"role": "user", "content": "first question"},
-        {"role": "assistant", "content": "first answer"},
+        {"role": "assistant", "content": "first answer: «ünïcode» 🙂"},
     ]
 
     response = client.post(
@@ -72,7 +72,9 @@ def test_new_conversation_sends_system_prompt_then_client_history_then_message(
         json={"message": "with history", "systemPrompt": "Be terse.", "history": history},
     )
 
-    sent = fake_upstream.requests_for("with history")[-1].body
+    request = fake_upstream.requests_for("with history")[-1]
+    assert request.headers["content-type"] == "application/json"
+    sent = request.body
     assert sent["messages"] == [
         {"role": "system", "content": "Be terse."},
         *history,
@@ -85,7 +87,7 @@ def test_new_conversation_sends_system_prompt_then_client_history_then_message(
     assert conversation.system_prompt == "Be terse."
     assert list(conversation.messages.values_list("role", "content")) == [
         ("user", "first question"),
-        ("assistant", "first answer"),
+        ("assistant", "first answer: «ünïcode» 🙂"),
         ("user", "with history"),
         ("assistant", "Hello, world!"),
     ]
