@@ -53,6 +53,7 @@ INTERRUPTED = Finished(
 INTERNAL_ERROR = Finished(
     Message.Status.ERROR, "internal_error", "The reply failed because of an error on the server."
 )
+NOT_SAVED = Finished(Message.Status.ERROR, "save_failed", "The reply could not be saved.")
 
 
 class Generation:
@@ -110,8 +111,15 @@ class Generation:
         await asyncio.wait([self._task])
 
     def stop(self, reason: str = "cancelled") -> None:
-        """Stop producing: the upstream request is closed and the partial reply saved."""
-        if self._task is None or self._task.done() or self._finalising or self._stop_reason:
+        """Stop producing: the upstream request is closed and the partial reply saved.
+
+        A reply already being cancelled from outside (a server shutting down cancels every
+        task at once) keeps no reason, and is saved as interrupted.
+        """
+        task = self._task
+        if task is None or task.done() or task.cancelling() or self._finalising:
+            return
+        if self._stop_reason:
             return
         self._stop_reason = reason
         self._task.cancel()
@@ -167,10 +175,15 @@ class Generation:
             for timer in (self._deadline, self._keepalive):
                 if timer is not None:
                     timer.cancel()
-            if await self._saved:
-                RUNNING.pop(self.message_id, None)
-                await self._finalize(finished, outcome, parts, started, first_token_at)
-            self._put(finished)
+            try:
+                if await self._saved:
+                    RUNNING.pop(self.message_id, None)
+                    await self._finalize(finished, outcome, parts, started, first_token_at)
+            except Exception:
+                logger.exception("reply %s could not be saved", self.message_id)
+                finished = NOT_SAVED
+            finally:
+                self._put(finished)
 
     async def _finalize(
         self,
@@ -265,7 +278,7 @@ def _cancel_abandoned_reply(opening: asyncio.Future[OpenedReply]) -> None:
     save = message_aclose_abandoned(
         message_id=opened.assistant_message.pk, conversation_id=opened.conversation.pk
     )
-    # A fresh context: the request's thread-sensitive context (and its thread) has ended.
+    # A fresh context: nothing of the request's, which has ended, is carried into the save.
     task = asyncio.get_running_loop().create_task(save, context=contextvars.Context())
     ABANDONED.add(task)
     task.add_done_callback(ABANDONED.discard)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from . import statements
@@ -209,8 +209,8 @@ def message_finalize(
     """Close a streaming reply exactly once; returns False if something else already closed it.
 
     The reply's conditional UPDATE is what counts; the conversation's last activity follows in
-    a statement of its own, not a transaction (two round trips fewer for every reply): if that
-    one failed, only the conversation's activity time would be stale.
+    a statement of its own, not a transaction (two round trips fewer for every reply): should
+    that one fail, it is logged and only the conversation's activity time is stale.
     """
     now = timezone.now()
     result = {
@@ -228,14 +228,27 @@ def message_finalize(
     updated = statements.update_rows(
         Message, result, {"id": message_id, "status": Message.Status.STREAMING}
     )
-    if updated:
-        statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
-    else:
+    if not updated:
         logger.warning("reply %s was already finalised; status %s not saved", message_id, status)
-    return bool(updated)
+        return False
+    try:
+        statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
+    except DatabaseError:
+        logger.exception("reply %s saved, but not its conversation's last activity", message_id)
+    return True
 
 
-message_afinalize = sync_to_async(message_finalize)
+def message_finalize_and_release(**kwargs) -> bool:
+    """message_finalize, then hand the worker thread's connection back to the pool."""
+    try:
+        return message_finalize(**kwargs)
+    finally:
+        connection.close()
+
+
+message_afinalize = sync_to_async(message_finalize_and_release, thread_sensitive=False)
+"""A reply is saved when it ends, which can be after its request has (a server shutting down
+cancels both), so the save runs on a shared worker thread, not on the request's own."""
 
 
 def message_close_abandoned(*, message_id: int, conversation_id: int) -> bool:
@@ -252,7 +265,7 @@ def message_close_abandoned(*, message_id: int, conversation_id: int) -> bool:
         connection.close()
 
 
-message_aclose_abandoned = sync_to_async(message_close_abandoned)
+message_aclose_abandoned = sync_to_async(message_close_abandoned, thread_sensitive=False)
 
 
 def messages_interrupt_stale(*, older_than: timedelta) -> int:

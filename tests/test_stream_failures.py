@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from contextlib import contextmanager
 
@@ -231,6 +232,87 @@ def test_reply_over_the_time_limit_is_stopped_and_saved(start_server, make_user,
     assert reply.status == "error"
     assert reply.content.startswith("w0 w1 ")
     assert wait_until(lambda: fake_upstream.requests_for("never ending")[-1].aborted)
+
+
+@contextmanager
+def final_saves_refused(marker: str):
+    """The database refuses to close any reply whose text contains ``marker``."""
+    condition = f"NEW.status <> 'streaming' AND NEW.content LIKE '%{marker}%'"
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION refuse_final_save() RETURNS trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse_final_save BEFORE UPDATE ON conversations_message "
+                f"FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION refuse_final_save()"
+            )
+        else:
+            cursor.execute(
+                "CREATE TRIGGER refuse_final_save BEFORE UPDATE ON conversations_message "
+                f"WHEN {condition} BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("DROP TRIGGER refuse_final_save ON conversations_message")
+                cursor.execute("DROP FUNCTION refuse_final_save()")
+            else:
+                cursor.execute("DROP TRIGGER refuse_final_save")
+
+
+def test_reply_that_cannot_be_saved_ends_with_an_error_frame(
+    start_server, make_user, fake_upstream
+):
+    server = start_server(
+        "unsaveable", CHAT_PROVIDER="openai", OPENAI_BASE_URL=fake_upstream.base_url
+    )
+    fake_upstream.script("unsaveable", tokens=["this ", "reply ", "is lost"])
+
+    with (
+        final_saves_refused("is lost"),
+        session_client(server.url, make_user("frank")) as client,
+        client.stream("POST", "/api/chat/stream", json={"message": "unsaveable"}) as response,
+    ):
+        frames = content_frames(list(iter_frames(response)))
+        message_id = int(response.headers["x-message-id"])
+
+    assert [f.json()["token"] for f in frames[:-1]] == ["this ", "reply ", "is lost"]
+    assert frames[-1].event == "error"
+    assert frames[-1].json() == {"code": "save_failed", "message": "The reply could not be saved."}
+    assert f"reply {message_id} could not be saved" in server.log()
+    assert Message.objects.get(pk=message_id).status == "streaming"
+    Message.objects.filter(pk=message_id).update(status="error")
+
+
+def test_reply_in_flight_when_the_server_is_stopped_is_saved_as_interrupted(
+    start_server, make_user, fake_upstream
+):
+    server = start_server("stopped", CHAT_PROVIDER="openai", OPENAI_BASE_URL=fake_upstream.base_url)
+    fake_upstream.script("stop the server", tokens=LONG_REPLY, interval=0.05)
+
+    with session_client(server.url, make_user("erin")) as client:
+        request = client.build_request(
+            "POST", "/api/chat/stream", json={"message": "stop the server"}
+        )
+        response = client.send(request, stream=True)
+        message_id = int(response.headers["x-message-id"])
+        frames = iter_frames(response)  # kept: dropping it would close the response
+        next(frame for frame in frames if not frame.is_comment)
+        for _ in range(2):  # Ctrl-C twice: uvicorn stops without waiting for open streams
+            server.process.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        server.process.wait(10)
+        response.close()
+
+    reply = wait_for_status(message_id)
+    assert reply.status == "interrupted"
+    assert reply.error_code == "interrupted"
+    assert reply.content.startswith("w0 ")
+    assert "".join(LONG_REPLY).startswith(reply.content)
 
 
 BAD_POSTS = [
