@@ -44,7 +44,8 @@ class ChatASGIHandler(ASGIHandler):
     A request's objects point at each other (its message storage, its lazy user and its
     ``auser`` all hold the request), so none of them is freed when the request ends: they
     pile up until a full garbage collection, whose pause stalls every open stream, and they
-    make that pause longer. Emptying the request when it is done lets them go at once.
+    make that pause longer. Emptying the request once handled lets them go at once (not
+    when handling was cancelled, as at shutdown: Django's own tasks may still hold it).
     """
 
     def __init__(self) -> None:
@@ -61,13 +62,13 @@ class ChatASGIHandler(ASGIHandler):
         finally:
             self.threads.give_back(executor)
             CREATED_REQUESTS.reset(reset)
-            for request in created:
-                request.__dict__.clear()
+        for request in created:
+            request.__dict__.clear()
 
     def create_request(self, scope, body_file):
         request, error_response = super().create_request(scope, body_file)
         if request is not None:
-            CREATED_REQUESTS.get([]).append(request)
+            CREATED_REQUESTS.get().append(request)
         return request, error_response
 
     async def listen_for_disconnect(self, receive):
