@@ -134,6 +134,8 @@ async def upstream_idle(port: int, limit: float = 60.0) -> float:
     while time.monotonic() - started < limit and upstream_active(port):
         await asyncio.sleep(0.25)
     waited = time.monotonic() - started
+    if waited >= limit:
+        print(f"the upstream still writes {upstream_active(port)} streams after {limit:.0f} s")
     if waited > 0.1:
         await asyncio.sleep(0.5)  # the relay still writing them comes to rest too
     return waited
@@ -447,6 +449,8 @@ def summary(result: dict) -> str:
         f"ms/1k  ttft+ {fmt(ttft['p50'])}/{fmt(ttft['p99'])}"
         f"  gap p99 {fmt(result['gap_ms']['p99'])}  abort p99 {fmt(result['abort_ms']['p99'])}"
         f"  never {result['never_aborted']}  errors {result['errors']}"
+        f"  (waited {result['waited_for_upstream_seconds']:.1f} s for the upstream's leftovers)"
+        * (result["waited_for_upstream_seconds"] > 0.1)
     )
 
 
