@@ -444,14 +444,13 @@ async def main(quick: bool, only: list[str] | None) -> dict:
 
 def summary(result: dict) -> str:
     ttft = result["ttft_overhead_ms"]
+    waited = result["waited_for_upstream_seconds"]
     return (
         f"{result['tokens_per_second']:8.0f} tok/s  cpu {fmt(result['cpu_ms_per_1k_tokens'])} "
         f"ms/1k  ttft+ {fmt(ttft['p50'])}/{fmt(ttft['p99'])}"
         f"  gap p99 {fmt(result['gap_ms']['p99'])}  abort p99 {fmt(result['abort_ms']['p99'])}"
         f"  never {result['never_aborted']}  errors {result['errors']}"
-        f"  (waited {result['waited_for_upstream_seconds']:.1f} s for the upstream's leftovers)"
-        * (result["waited_for_upstream_seconds"] > 0.1)
-    )
+    ) + (f"  (waited {waited:.1f} s for the upstream's leftovers)" if waited > 0.1 else "")
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
