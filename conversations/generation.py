@@ -117,12 +117,16 @@ class Generation:
         task at once) keeps no reason, and is saved as interrupted.
         """
         task = self._task
-        if task is None or task.done() or task.cancelling() or self._finalising:
-            return
-        if self._stop_reason:
+        if (
+            task is None
+            or task.done()
+            or task.cancelling()
+            or self._finalising
+            or self._stop_reason
+        ):
             return
         self._stop_reason = reason
-        self._task.cancel()
+        task.cancel()
 
     async def aclose(self) -> None:
         """Stop if still running and wait until the reply is saved."""

@@ -252,17 +252,13 @@ cancels both), so the save runs on a shared worker thread, not on the request's 
 
 
 def message_close_abandoned(*, message_id: int, conversation_id: int) -> bool:
-    """Save a reply whose client left before it started as cancelled, then hand the
-    connection back to the pool (this runs outside any request)."""
-    try:
-        return message_finalize(
-            message_id=message_id,
-            conversation_id=conversation_id,
-            status=Message.Status.CANCELLED,
-            content="",
-        )
-    finally:
-        connection.close()
+    """Save a reply whose client left before it started as cancelled (outside any request)."""
+    return message_finalize_and_release(
+        message_id=message_id,
+        conversation_id=conversation_id,
+        status=Message.Status.CANCELLED,
+        content="",
+    )
 
 
 message_aclose_abandoned = sync_to_async(message_close_abandoned, thread_sensitive=False)
