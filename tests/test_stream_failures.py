@@ -302,9 +302,10 @@ def test_reply_in_flight_when_the_server_is_stopped_is_saved_as_interrupted(
         message_id = int(response.headers["x-message-id"])
         frames = iter_frames(response)  # kept: dropping it would close the response
         next(frame for frame in frames if not frame.is_comment)
-        for _ in range(2):  # Ctrl-C twice: uvicorn stops without waiting for open streams
-            server.process.send_signal(signal.SIGINT)
-            time.sleep(0.3)
+        # Ctrl-C twice: the second one stops uvicorn without waiting for open streams.
+        server.process.send_signal(signal.SIGINT)
+        assert wait_until(lambda: "Waiting for connections to close" in server.log())
+        server.process.send_signal(signal.SIGINT)
         server.process.wait(10)
         response.close()
 
