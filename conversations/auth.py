@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from django.utils.decorators import sync_and_async_middleware
 
 from .errors import ApiError
-from .tokens import api_token_authenticate
+from .tokens import api_token_aauthenticate
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 
@@ -28,26 +28,28 @@ def bearer_token(request: HttpRequest) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def api_user(request: HttpRequest) -> AbstractBaseUser:
+async def api_auser(request: HttpRequest) -> AbstractBaseUser:
     """The caller, or ApiError(401). A request with Authorization never falls back to the session,
     which is what makes exempting such requests from CSRF safe."""
     token = bearer_token(request)
-    if token is not None:
-        user = api_token_authenticate(token) if token else None
-        if user is None:
-            raise ApiError(
-                401,
-                "invalid_token",
-                "The API token is missing, malformed, revoked or unknown.",
-                headers={"WWW-Authenticate": 'Bearer realm="api", error="invalid_token"'},
-            )
-        return user
+    if token is None:
+        return await _session_auser(request)
+    user = await api_token_aauthenticate(token) if token else None
+    if user is None:
+        raise ApiError(
+            401,
+            "invalid_token",
+            "The API token is missing, malformed, revoked or unknown.",
+            headers={"WWW-Authenticate": 'Bearer realm="api", error="invalid_token"'},
+        )
+    return user
+
+
+@sync_to_async
+def _session_auser(request: HttpRequest) -> AbstractBaseUser:
     if not request.user.is_authenticated:
         raise not_authenticated()
     return request.user
-
-
-api_auser = sync_to_async(api_user)
 
 
 def exempt_token_requests_from_csrf(request: HttpRequest) -> None:

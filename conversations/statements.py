@@ -47,7 +47,7 @@ def insert_rows(model: type[Model], names: Sequence[str], rows: Sequence[Sequenc
 
 
 @cache
-def _update_sql(model: type[Model], names: tuple[str, ...], keys: tuple[str, ...]) -> str:
+def update_sql(model: type[Model], names: tuple[str, ...], keys: tuple[str, ...]) -> str:
     _, columns = _columns(model, names)
     _, key_columns = _columns(model, keys)
     assignments = ", ".join(f"{column} = %s" for column in columns)
@@ -60,7 +60,7 @@ def update_rows(model: type[Model], values: dict, where: dict) -> int:
     names, keys = tuple(values), tuple(where)
     params = _prepared(model, names, values.values()) + _prepared(model, keys, where.values())
     with connection.cursor() as cursor:
-        cursor.execute(_update_sql(model, names, keys), params)
+        cursor.execute(update_sql(model, names, keys), params)
         return cursor.rowcount
 
 

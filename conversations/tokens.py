@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
-from functools import cache
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import cache, partial
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.utils import timezone
 
-from . import statements
+from . import asyncdb, statements
 from .models import ApiToken
 
 TOKEN_PREFIX = "cst_"
@@ -38,35 +40,94 @@ def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
     One hand-written query, as the ORM's compilation of it cost more than the query itself.
     """
     now = timezone.now()
-    stale_before = connection.ops.adapt_datetimefield_value(now - LAST_USED_RESOLUTION)
-    owners = get_user_model().objects.raw(_owner_sql(), [stale_before, token_digest(raw)])
-    owner = next(iter(owners), None)
-    if owner is None:
-        return None
-    token_id = owner.__dict__.pop("api_token_id")
-    last_use_is_stale = owner.__dict__.pop("api_token_stale")
-    if not owner.is_active:
-        return None
-    if last_use_is_stale:
+    with connection.cursor() as cursor:
+        cursor.execute(_owner_sql(), _owner_params(raw, now))
+        row = cursor.fetchone()
+    owner, token_id, last_use_is_stale = _owner_from(row)
+    if owner is not None and last_use_is_stale:
         statements.update_rows(ApiToken, {"last_used_at": now}, {"id": token_id})
     return owner
+
+
+async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
+    """api_token_authenticate on the event loop where the database allows it."""
+    if not asyncdb.available():
+        return await _api_token_authenticate_in_thread(raw)
+    now = timezone.now()
+    rows = await asyncdb.fetchall(_owner_sql(), _owner_params(raw, now))
+    owner, token_id, last_use_is_stale = _owner_from(rows[0] if rows else None)
+    if owner is not None and last_use_is_stale:
+        await asyncdb.fetchall(_last_used_sql(), [now, token_id])
+    return owner
+
+
+_api_token_authenticate_in_thread = sync_to_async(api_token_authenticate)
+
+
+def _owner_params(raw: str, now: datetime) -> list:
+    stale_before = connection.ops.adapt_datetimefield_value(now - LAST_USED_RESOLUTION)
+    return [stale_before, token_digest(raw)]
+
+
+def _owner_from(row: tuple | None) -> tuple[AbstractBaseUser | None, int | None, bool]:
+    """The active owner in a row of _owner_sql, the token's id and whether its last use is stale."""
+    if row is None:
+        return None, None, False
+    *values, token_id, last_use_is_stale = row
+    names, converters = _user_columns()
+    for index, convert in converters:
+        values[index] = convert(values[index])
+    owner = get_user_model().from_db(connection.alias, names, values)
+    if not owner.is_active:
+        return None, None, False
+    return owner, token_id, bool(last_use_is_stale)
+
+
+@cache
+def _user_fields() -> tuple:
+    return tuple(get_user_model()._meta.concrete_fields)
+
+
+@cache
+def _user_columns() -> tuple[list[str], list[tuple[int, Callable]]]:
+    """The user's attribute names in _owner_sql's order, and the database's value converters
+    (SQLite returns booleans as 0/1 and datetimes as text) by position."""
+    converters = []
+    for index, field in enumerate(_user_fields()):
+        column = field.cached_col
+        steps = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if steps:
+            converters.append((index, partial(_convert, steps, column)))
+    return [field.attname for field in _user_fields()], converters
+
+
+def _convert(steps: list[Callable], column, value):
+    for step in steps:
+        value = step(value, column, connection)
+    return value
 
 
 @cache
 def _owner_sql() -> str:
     quote = connection.ops.quote_name
     users = get_user_model()._meta
+    user_columns = ", ".join(f"u.{quote(field.column)}" for field in _user_fields())
 
     def token(name: str) -> str:
         return "t." + quote(ApiToken._meta.get_field(name).column)
 
     return (
-        f"SELECT u.*, {token('id')} AS api_token_id, "
-        f"({token('last_used_at')} IS NULL OR {token('last_used_at')} < %s) AS api_token_stale "
+        f"SELECT {user_columns}, {token('id')}, "
+        f"({token('last_used_at')} IS NULL OR {token('last_used_at')} < %s) "
         f"FROM {quote(ApiToken._meta.db_table)} t "
         f"INNER JOIN {quote(users.db_table)} u ON u.{quote(users.pk.column)} = {token('owner')} "
         f"WHERE {token('digest')} = %s AND {token('revoked_at')} IS NULL"
     )
+
+
+@cache
+def _last_used_sql() -> str:
+    return statements.update_sql(ApiToken, ("last_used_at",), ("id",))
 
 
 def api_token_revoke(*, token: ApiToken) -> None:

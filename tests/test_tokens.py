@@ -1,0 +1,70 @@
+"""The API token lookup, which every API request makes before anything else."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+from django.db.backends.signals import connection_created
+from django.utils import timezone
+
+from conversations.tokens import api_token_aauthenticate, api_token_create
+from tests.loops import run_in_new_loop
+
+
+@pytest.fixture
+def django_connections_opened():
+    """The native thread id of each Django database connection opened meanwhile."""
+    opened_by: list[int] = []
+
+    def record(**kwargs) -> None:
+        opened_by.append(threading.get_native_id())
+
+    connection_created.connect(record)
+    yield opened_by
+    connection_created.disconnect(record)
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="only PostgreSQL has the lookup on the event loop (CI runs this test)",
+)
+def test_token_lookup_on_postgresql_runs_on_the_event_loop(user, django_connections_opened):
+    """No worker thread and no Django connection: the query is awaited on the loop."""
+    token, raw = api_token_create(owner=user)
+
+    owner = run_in_new_loop(api_token_aauthenticate(raw))
+
+    assert owner == user
+    assert django_connections_opened == []
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+
+
+def test_token_lookup_returns_the_owner_as_saved(user):
+    user.first_name, user.last_login = "Alice", timezone.now()
+    user.save()
+    _, raw = api_token_create(owner=user)
+
+    owner = run_in_new_loop(api_token_aauthenticate(raw))
+
+    assert (owner.pk, owner.username, owner.first_name) == (user.pk, "alice", "Alice")
+    assert owner.last_login == user.last_login
+    assert owner.is_active is True
+    assert owner._state.adding is False
+
+
+def test_token_lookup_refuses_unknown_revoked_and_inactive_owners(user):
+    token, raw = api_token_create(owner=user)
+
+    assert run_in_new_loop(api_token_aauthenticate(raw + "x")) is None
+    user.is_active = False
+    user.save()
+    assert run_in_new_loop(api_token_aauthenticate(raw)) is None
+    user.is_active = True
+    user.save()
+    assert run_in_new_loop(api_token_aauthenticate(raw)) == user
+    token.revoked_at = timezone.now()
+    token.save()
+    assert run_in_new_loop(api_token_aauthenticate(raw)) is None
