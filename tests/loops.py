@@ -6,21 +6,24 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connections
 
-from conversations import asyncdb
+from conversations import asyncdb, limits
 
 
 def run_in_new_loop(coroutine):
     """asyncio.run in a thread of its own (Playwright's tests leave a loop in this one); the
-    database connections the coroutine opened, in asgiref's threads or on the loop, are closed
-    after it."""
+    connections the coroutine opened (the database's, in asgiref's threads or on the loop, and
+    the limits' Redis client's) are closed after it, once all of its requests are done."""
 
     async def run_then_close():
         try:
             return await coroutine
         finally:
             await asyncdb.aclose_pools()
+            if settings.REDIS_URL and limits.redis_client.cache_info().currsize:
+                await limits.redis_client().aclose()
             await sync_to_async(connections.close_all)()
 
     with ThreadPoolExecutor(1) as executor:

@@ -14,13 +14,12 @@ import threading
 from urllib.parse import urlencode
 
 import pytest
-from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import request_started
 
 from chatsite.asgi import application
-from conversations import asyncdb, limits
+from conversations import limits
 from conversations.models import Message
 from conversations.tokens import api_token_create
 from tests.loops import run_in_new_loop
@@ -96,9 +95,6 @@ async def exchange(path: str, query: dict, token: str, *, leave_after_first_toke
         "server": ("testserver", 80),
     }
     await application(scope, receive, send)
-    await asyncdb.aclose_pools()
-    if settings.REDIS_URL:
-        await limits.redis_client().aclose()
     return sent
 
 
