@@ -30,6 +30,8 @@ from .services import (
 
 logger = logging.getLogger(__name__)
 
+CANCEL_RETRY_SECONDS = 0.05
+
 RUNNING: dict[int, Generation] = {}
 """Replies being produced in this process, by assistant message id (for stop requests)."""
 
@@ -70,6 +72,7 @@ class Generation:
         self._task: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self._cancel_retry: asyncio.TimerHandle | None = None
         self._last_take = 0.0
         self._stop_reason: str | None = None
         self._finalising = False
@@ -111,22 +114,33 @@ class Generation:
         await asyncio.wait([self._task])
 
     def stop(self, reason: str = "cancelled") -> None:
-        """Stop producing: the upstream request is closed and the partial reply saved.
-
-        A reply already being cancelled from outside (a server shutting down cancels every
-        task at once) keeps no reason, and is saved as interrupted.
-        """
+        """Stop producing: the upstream request is closed and the partial reply saved."""
         task = self._task
-        if (
-            task is None
-            or task.done()
-            or task.cancelling()
-            or self._finalising
-            or self._stop_reason
-        ):
+        if task is None or task.done() or self._finalising or self._stop_reason:
+            return
+        loop = asyncio.get_running_loop()
+        if task.cancelling():
+            # Being cancelled already: a server shutting down cancels every task at once, and
+            # such a reply is saved as interrupted. But the SDK's HTTP stack also keeps a cancel
+            # count of its own at times, so a task still running shortly after is stopped as asked.
+            self._cancel_retry = loop.call_later(CANCEL_RETRY_SECONDS, self._stop_late, reason)
             return
         self._stop_reason = reason
-        task.cancel()
+        self._cancel()
+
+    def _stop_late(self, reason: str) -> None:
+        if not (self._task.done() or self._finalising or self._stop_reason):
+            self._stop_reason = reason
+            self._cancel()
+
+    def _cancel(self) -> None:
+        """Cancel the producing task, and again until it gives up: code below it can swallow a
+        cancellation, and a reply left waiting for its upstream would never end."""
+        if self._task.done() or self._finalising:
+            return
+        self._task.cancel()
+        loop = asyncio.get_running_loop()
+        self._cancel_retry = loop.call_later(CANCEL_RETRY_SECONDS, self._cancel)
 
     async def aclose(self) -> None:
         """Stop if still running and wait until the reply is saved."""
@@ -176,7 +190,7 @@ class Generation:
             finished = INTERNAL_ERROR
         finally:
             self._finalising = True
-            for timer in (self._deadline, self._keepalive):
+            for timer in (self._deadline, self._keepalive, self._cancel_retry):
                 if timer is not None:
                     timer.cancel()
             try:

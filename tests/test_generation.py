@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError
 
-from conversations.generation import RUNNING, generation_aopen
+from conversations.generation import RUNNING, Generation, generation_aopen
 from conversations.models import Conversation
-from conversations.providers import get_provider
+from conversations.providers import ChatProvider, get_provider
 from conversations.services import ChatRequest
 from tests.conftest import UPSTREAM_KEY
 from tests.loops import run_in_new_loop
@@ -56,3 +57,44 @@ def test_upstream_request_is_closed_when_a_new_conversation_cannot_be_saved(
     assert all(aborted)
     assert not Conversation.objects.exists()
     assert not RUNNING
+
+
+class LosesOneCancellation(ChatProvider):
+    """Like a library below the SDK that catches a cancellation and carries on."""
+
+    model = "loses-one-cancellation"
+
+    async def stream(self, messages, outcome):
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        await asyncio.sleep(30)
+        yield "never"
+
+
+class HoldsACancelCount(ChatProvider):
+    """Like a cancel scope of the HTTP stack: the task's cancel count is left above zero while
+    the request goes on, which is also how a server shutting down looks."""
+
+    model = "holds-a-cancel-count"
+
+    async def stream(self, messages, outcome):
+        asyncio.current_task().cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        await asyncio.sleep(30)
+        yield "never"
+
+
+@pytest.mark.parametrize("provider", [LosesOneCancellation(), HoldsACancelCount()])
+def test_stopping_a_reply_ends_it_even_if_the_code_below_keeps_a_cancellation(provider):
+    """A stop that did not take was a reply (and its upstream request) left running."""
+
+    async def start_then_stop() -> float:
+        generation = Generation(provider=provider, keepalive_seconds=0, max_seconds=60)
+        generation.start([{"role": "user", "content": "hello"}])
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await asyncio.wait_for(generation.adiscard(), timeout=5)
+        return time.monotonic() - started
+
+    assert run_in_new_loop(start_then_stop()) < 1.0
