@@ -61,38 +61,48 @@ def prompt_for_conversation(conversation: Conversation) -> list[ChatMessage]:
 def reply_open(
     *, user: AbstractBaseUser, chat_request: ChatRequest, model: str, default_system_prompt: str
 ) -> OpenedReply:
-    """Save the user's message and open the assistant's in one transaction, before going upstream.
+    """Save the user's message and open the assistant's, all or nothing, before going upstream.
 
     For a stored conversation the saved transcript is the prompt and client history is ignored;
     a new conversation starts from the client's history (saved too, so the transcript is whole).
     """
     now = timezone.now()
+    if chat_request.conversation_id is None:
+        conversation = new_conversation(
+            user=user,
+            chat_request=chat_request,
+            model=model,
+            default_system_prompt=default_system_prompt,
+            now=now,
+        )
+        rows = message_rows(chat_request.history, chat_request.message, model)
+        conversation.pk, pks = statements.insert_with_children(
+            Conversation,
+            CONVERSATION_COLUMNS,
+            conversation_values(conversation),
+            Message,
+            MESSAGE_COLUMNS[1:],
+            message_values(rows, now),
+        )
+        statements.as_saved(conversation)
+        *_, user_message, assistant_message = saved_messages(conversation, pks, rows, now)
+        prompt = new_conversation_prompt(chat_request, default_system_prompt)
+        return OpenedReply(conversation, user_message, assistant_message, prompt)
     with transaction.atomic():
-        if chat_request.conversation_id is None:
-            conversation = conversation_start(
-                user=user,
-                chat_request=chat_request,
-                model=model,
-                default_system_prompt=default_system_prompt,
-                now=now,
-            )
-            history = chat_request.history
-            prompt = new_conversation_prompt(chat_request, default_system_prompt)
-        else:
-            conversation = conversation_lock_for_reply(
-                user=user, conversation_id=chat_request.conversation_id, now=now
-            )
-            history = []
-            prompt = prompt_for_conversation(conversation)
-            prompt.append({"role": "user", "content": chat_request.message})
-        rows = [(item["role"], item["content"], Message.Status.COMPLETE, "") for item in history]
-        rows.append((Message.Role.USER, chat_request.message, Message.Status.COMPLETE, ""))
-        rows.append((Message.Role.ASSISTANT, "", Message.Status.STREAMING, model))
+        conversation = conversation_lock_for_reply(
+            user=user, conversation_id=chat_request.conversation_id, now=now
+        )
+        prompt = prompt_for_conversation(conversation)
+        prompt.append({"role": "user", "content": chat_request.message})
+        rows = message_rows([], chat_request.message, model)
         *_, user_message, assistant_message = messages_insert(conversation, rows, now=now)
     return OpenedReply(conversation, user_message, assistant_message, prompt)
 
 
-def conversation_start(
+CONVERSATION_COLUMNS = ("owner", "title", "system_prompt", "model", "created_at", "updated_at")
+
+
+def new_conversation(
     *,
     user: AbstractBaseUser,
     chat_request: ChatRequest,
@@ -100,7 +110,8 @@ def conversation_start(
     default_system_prompt: str,
     now: datetime,
 ) -> Conversation:
-    conversation = Conversation(
+    """A new conversation, not saved yet."""
+    return Conversation(
         owner=user,
         title=conversation_title_from(chat_request.message),
         system_prompt=system_prompt_for(chat_request, default_system_prompt),
@@ -108,10 +119,10 @@ def conversation_start(
         created_at=now,
         updated_at=now,
     )
-    names = ("owner", "title", "system_prompt", "model", "created_at", "updated_at")
-    row = [user.pk, *(getattr(conversation, name) for name in names[1:])]
-    [conversation.pk] = statements.insert_rows(Conversation, names, [row])
-    return statements.as_saved(conversation)
+
+
+def conversation_values(conversation: Conversation) -> list:
+    return [conversation.owner_id, *(getattr(conversation, n) for n in CONVERSATION_COLUMNS[1:])]
 
 
 def conversation_lock_for_reply(
@@ -139,13 +150,35 @@ MESSAGE_COLUMNS = (
     "error_message",
 )
 
+MessageRow = tuple[str, str, str, str]
+"""A message to insert: (role, content, status, model)."""
+
+
+def message_rows(history: list[ChatMessage], message: str, model: str) -> list[MessageRow]:
+    """The rows a reply opens with: the client's history, the user's message, the reply."""
+    rows = [(item["role"], item["content"], Message.Status.COMPLETE, "") for item in history]
+    rows.append((Message.Role.USER, message, Message.Status.COMPLETE, ""))
+    rows.append((Message.Role.ASSISTANT, "", Message.Status.STREAMING, model))
+    return rows
+
+
+def message_values(rows: list[MessageRow], now: datetime) -> list[tuple]:
+    """Each row's values for MESSAGE_COLUMNS but the conversation."""
+    return [(*row, now, "", "", "") for row in rows]
+
 
 def messages_insert(
-    conversation: Conversation, rows: list[tuple[str, str, str, str]], *, now: datetime
+    conversation: Conversation, rows: list[MessageRow], *, now: datetime
 ) -> list[Message]:
-    """Insert (role, content, status, model) rows in one statement, in order."""
-    values = [(conversation.pk, *row, now, "", "", "") for row in rows]
+    """Insert the rows in one statement, in order."""
+    values = [(conversation.pk, *row) for row in message_values(rows, now)]
     pks = statements.insert_rows(Message, MESSAGE_COLUMNS, values)
+    return saved_messages(conversation, pks, rows, now)
+
+
+def saved_messages(
+    conversation: Conversation, pks: list[int], rows: list[MessageRow], now: datetime
+) -> list[Message]:
     return [
         statements.as_saved(
             Message(
@@ -208,9 +241,10 @@ def message_finalize(
 ) -> bool:
     """Close a streaming reply exactly once; returns False if something else already closed it.
 
-    The reply's conditional UPDATE is what counts; the conversation's last activity follows in
-    a statement of its own, not a transaction (two round trips fewer for every reply): should
-    that one fail, it is logged and only the conversation's activity time is stale.
+    On PostgreSQL the reply and its conversation's last activity are saved in one statement.
+    Elsewhere the reply's conditional UPDATE is what counts and the conversation's last activity
+    follows in a statement of its own, not a transaction: should that one fail, it is logged and
+    only the conversation's activity time is stale.
     """
     now = timezone.now()
     result = {
@@ -225,16 +259,20 @@ def message_finalize(
         "error_code": error_code,
         "error_message": error_message,
     }
-    updated = statements.update_rows(
-        Message, result, {"id": message_id, "status": Message.Status.STREAMING}
-    )
+    where = {"id": message_id, "status": Message.Status.STREAMING}
+    one_statement = connection.vendor == "postgresql"
+    if one_statement:
+        updated = statements.update_with_parent(Message, result, where, {"updated_at": now})
+    else:
+        updated = statements.update_rows(Message, result, where)
     if not updated:
         logger.warning("reply %s was already finalised; status %s not saved", message_id, status)
         return False
-    try:
-        statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
-    except DatabaseError:
-        logger.exception("reply %s saved, but not its conversation's last activity", message_id)
+    if not one_statement:
+        try:
+            statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
+        except DatabaseError:
+            logger.exception("reply %s saved, but not its conversation's last activity", message_id)
     return True
 
 

@@ -5,6 +5,8 @@ trip to the database (~0.5 ms a statement) and was most of a reply's cost before
 token. These build their SQL once per model and column set from the model's ``_meta`` and adapt
 each value with its field's ``get_db_prep_save``, so they follow the models and run on SQLite
 and PostgreSQL alike. Use them inside ``transaction.atomic()`` where several must hold together.
+On PostgreSQL ``insert_with_children`` and ``update_with_parent`` write two tables in one
+statement (a data-modifying WITH): one round trip, and no transaction to open and commit.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import cache
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Model
 
 
@@ -62,6 +64,98 @@ def update_rows(model: type[Model], values: dict, where: dict) -> int:
     with connection.cursor() as cursor:
         cursor.execute(update_sql(model, names, keys), params)
         return cursor.rowcount
+
+
+def insert_with_children(
+    parent: type[Model],
+    names: Sequence[str],
+    values: Sequence,
+    child: type[Model],
+    child_names: Sequence[str],
+    children: Sequence[Sequence],
+) -> tuple[int, list[int]]:
+    """Insert a ``parent`` row and ``children`` rows of ``child`` that point to it, all or none;
+    the parent's key and the children's, in order. On PostgreSQL this is one statement (a
+    data-modifying WITH, no transaction to open and commit), elsewhere a transaction of two."""
+    names, child_names = tuple(names), tuple(child_names)
+    link = _link(child, parent)
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            [pk] = insert_rows(parent, names, [values])
+            rows = [(pk, *row) for row in children]
+            return pk, insert_rows(child, (link.name, *child_names), rows)
+    params = _prepared(parent, names, values)
+    for row in children:
+        params += _prepared(child, child_names, row)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _insert_with_children_sql(parent, names, child, child_names, len(children)), params
+        )
+        saved = cursor.fetchall()
+    return saved[0][1], sorted(pk for pk, _ in saved)
+
+
+@cache
+def _insert_with_children_sql(
+    parent: type[Model],
+    names: tuple[str, ...],
+    child: type[Model],
+    child_names: tuple[str, ...],
+    rows: int,
+) -> str:
+    _, columns = _columns(parent, names)
+    _, child_columns = _columns(child, child_names)
+    quote = connection.ops.quote_name
+    link = quote(_link(child, parent).column)
+    aliases = ", ".join(f"v{index}" for index in range(len(child_columns)))
+    row = ", ".join(["%s"] * len(child_columns))
+    return (
+        f"WITH parent AS (INSERT INTO {_table(parent)} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"RETURNING {quote(parent._meta.pk.column)} AS pk) "
+        f"INSERT INTO {_table(child)} ({link}, {', '.join(child_columns)}) "
+        f"SELECT parent.pk, {aliases} FROM parent, "
+        f"(VALUES {', '.join(f'({position}, {row})' for position in range(rows))}) "
+        f"AS v(position, {aliases}) ORDER BY position "
+        f"RETURNING {quote(child._meta.pk.column)}, {link}"
+    )
+
+
+def update_with_parent(model: type[Model], values: dict, where: dict, parent_values: dict) -> int:
+    """PostgreSQL: update_rows, and in the same statement set ``parent_values`` on the rows
+    that the updated ones point to; how many ``model`` rows were updated."""
+    names, keys, parent_names = tuple(values), tuple(where), tuple(parent_values)
+    link = next(f for f in model._meta.concrete_fields if f.many_to_one)
+    params = (
+        _prepared(model, names, values.values())
+        + _prepared(model, keys, where.values())
+        + _prepared(link.related_model, parent_names, parent_values.values())
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(_update_with_parent_sql(model, names, keys, parent_names), params)
+        [(updated,)] = cursor.fetchall()
+    return updated
+
+
+@cache
+def _update_with_parent_sql(
+    model: type[Model], names: tuple[str, ...], keys: tuple[str, ...], parent_names: tuple[str, ...]
+) -> str:
+    link = next(f for f in model._meta.concrete_fields if f.many_to_one)
+    parent = link.related_model
+    quote = connection.ops.quote_name
+    _, parent_columns = _columns(parent, parent_names)
+    assignments = ", ".join(f"{column} = %s" for column in parent_columns)
+    return (
+        f"WITH updated AS ({update_sql(model, names, keys)} RETURNING {quote(link.column)}), "
+        f"parent AS (UPDATE {_table(parent)} SET {assignments} "
+        f"WHERE {quote(parent._meta.pk.column)} IN (SELECT {quote(link.column)} FROM updated)) "
+        f"SELECT count(*) FROM updated"
+    )
+
+
+def _link(child: type[Model], parent: type[Model]):
+    return next(f for f in child._meta.concrete_fields if f.related_model is parent)
 
 
 def _prepared(model: type[Model], names: tuple[str, ...], values: Iterable) -> list:

@@ -44,6 +44,9 @@ def test_reply_and_its_metrics_are_saved(client, fake_upstream, user):
     assert 0 <= reply.ttft_ms <= reply.duration_ms
     assert reply.finished_at is not None
     assert reply.error_code == ""
+    conversation.refresh_from_db()
+    assert conversation.created_at == user_message.created_at == reply.created_at
+    assert conversation.updated_at == reply.finished_at
 
 
 def test_user_message_is_saved_before_the_upstream_is_called(client, fake_upstream):
