@@ -121,8 +121,9 @@ class Generation:
         loop = asyncio.get_running_loop()
         if task.cancelling():
             # Being cancelled already: a server shutting down cancels every task at once, and
-            # such a reply is saved as interrupted. But the SDK's HTTP stack also keeps a cancel
-            # count of its own at times, so a task still running shortly after is stopped as asked.
+            # such a reply is saved as interrupted. But the count can also be left above zero by
+            # code below (seen while the upstream request was on its way), so a task still
+            # running shortly after is stopped as asked.
             self._cancel_retry = loop.call_later(CANCEL_RETRY_SECONDS, self._stop_late, reason)
             return
         self._stop_reason = reason

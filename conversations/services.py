@@ -262,7 +262,9 @@ def message_finalize(
     where = {"id": message_id, "status": Message.Status.STREAMING}
     one_statement = connection.vendor == "postgresql"
     if one_statement:
-        updated = statements.update_with_parent(Message, result, where, {"updated_at": now})
+        updated = statements.update_with_parent(
+            Message, result, where, "conversation", {"updated_at": now}
+        )
     else:
         updated = statements.update_rows(Message, result, where)
     if not updated:

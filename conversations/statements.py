@@ -121,27 +121,33 @@ def _insert_with_children_sql(
     )
 
 
-def update_with_parent(model: type[Model], values: dict, where: dict, parent_values: dict) -> int:
+def update_with_parent(
+    model: type[Model], values: dict, where: dict, link: str, parent_values: dict
+) -> int:
     """PostgreSQL: update_rows, and in the same statement set ``parent_values`` on the rows
-    that the updated ones point to; how many ``model`` rows were updated."""
+    the updated ones point to through ``link``; how many ``model`` rows were updated."""
     names, keys, parent_names = tuple(values), tuple(where), tuple(parent_values)
-    link = next(f for f in model._meta.concrete_fields if f.many_to_one)
+    link = model._meta.get_field(link)
     params = (
         _prepared(model, names, values.values())
         + _prepared(model, keys, where.values())
         + _prepared(link.related_model, parent_names, parent_values.values())
     )
     with connection.cursor() as cursor:
-        cursor.execute(_update_with_parent_sql(model, names, keys, parent_names), params)
+        cursor.execute(_update_with_parent_sql(model, names, keys, link.name, parent_names), params)
         [(updated,)] = cursor.fetchall()
     return updated
 
 
 @cache
 def _update_with_parent_sql(
-    model: type[Model], names: tuple[str, ...], keys: tuple[str, ...], parent_names: tuple[str, ...]
+    model: type[Model],
+    names: tuple[str, ...],
+    keys: tuple[str, ...],
+    link: str,
+    parent_names: tuple[str, ...],
 ) -> str:
-    link = next(f for f in model._meta.concrete_fields if f.many_to_one)
+    link = model._meta.get_field(link)
     parent = link.related_model
     quote = connection.ops.quote_name
     _, parent_columns = _columns(parent, parent_names)

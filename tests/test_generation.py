@@ -72,8 +72,8 @@ class LosesOneCancellation(ChatProvider):
 
 
 class HoldsACancelCount(ChatProvider):
-    """Like a cancel scope of the HTTP stack: the task's cancel count is left above zero while
-    the request goes on, which is also how a server shutting down looks."""
+    """Code below that leaves the task's cancel count above zero while the request goes on,
+    which is also how a task looks when a server shutting down has just cancelled it."""
 
     model = "holds-a-cancel-count"
 
