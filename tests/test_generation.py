@@ -12,7 +12,7 @@ from django.db import IntegrityError
 
 from conversations.generation import RUNNING, Generation, generation_aopen
 from conversations.models import Conversation
-from conversations.providers import ChatProvider, get_provider
+from conversations.providers import ChatProvider, StreamOutcome, get_provider
 from conversations.services import ChatRequest
 from tests.conftest import UPSTREAM_KEY
 from tests.loops import run_in_new_loop
@@ -36,9 +36,15 @@ def test_upstream_request_is_closed_when_a_new_conversation_cannot_be_saved(
     """A new conversation asks upstream while its rows are written; if the write fails, the
     upstream request is closed (or never sent) and nothing is left behind."""
     fake_upstream.script("rows cannot be saved", first_token_delay=5.0)
+    fake_upstream.script("warm up", tokens=["ok"])
     nobody = get_user_model()(pk=987654, username="nobody")
 
     async def open_reply_then_look_upstream() -> list[bool]:
+        # A connection to the upstream is open already, as on a server that has been serving:
+        # the rows can fail within a millisecond, and a cancellation that lands while httpx is
+        # still connecting leaves that socket to the garbage collector (a ResourceWarning).
+        warm_up = [{"role": "user", "content": "warm up"}]
+        assert [d async for d in openai_provider.stream(warm_up, StreamOutcome())] == ["ok"]
         with pytest.raises(IntegrityError):
             await generation_aopen(
                 user=nobody, chat_request=ChatRequest(message="rows cannot be saved")
@@ -51,6 +57,7 @@ def test_upstream_request_is_closed_when_a_new_conversation_cannot_be_saved(
             if all(aborted) and (aborted or time.monotonic() - started > 0.5):
                 break
             await asyncio.sleep(0.02)
+        await openai_provider.client.close()
         return aborted
 
     aborted = run_in_new_loop(open_reply_then_look_upstream())
