@@ -260,22 +260,24 @@ def message_finalize(
         "error_message": error_message,
     }
     where = {"id": message_id, "status": Message.Status.STREAMING}
-    one_statement = connection.vendor == "postgresql"
-    if one_statement:
+    if connection.vendor == "postgresql":
         updated = statements.update_with_parent(
             Message, result, where, "conversation", {"updated_at": now}
         )
-    else:
-        updated = statements.update_rows(Message, result, where)
+        return _finalised(updated, message_id, status)
+    if not _finalised(statements.update_rows(Message, result, where), message_id, status):
+        return False
+    try:
+        statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
+    except DatabaseError:
+        logger.exception("reply %s saved, but not its conversation's last activity", message_id)
+    return True
+
+
+def _finalised(updated: int, message_id: int, status: str) -> bool:
     if not updated:
         logger.warning("reply %s was already finalised; status %s not saved", message_id, status)
-        return False
-    if not one_statement:
-        try:
-            statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
-        except DatabaseError:
-            logger.exception("reply %s saved, but not its conversation's last activity", message_id)
-    return True
+    return bool(updated)
 
 
 def message_finalize_and_release(**kwargs) -> bool:

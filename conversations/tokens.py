@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cache, partial
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 from django.utils import timezone
 
 from . import asyncdb, statements
@@ -40,8 +40,9 @@ def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
     One hand-written query, as the ORM's compilation of it cost more than the query itself.
     """
     now = timezone.now()
+    stale_before = connection.ops.adapt_datetimefield_value(now - LAST_USED_RESOLUTION)
     with connection.cursor() as cursor:
-        cursor.execute(_owner_sql(), _owner_params(raw, now))
+        cursor.execute(_owner_sql(), [stale_before, token_digest(raw)])
         row = cursor.fetchone()
     owner, token_id, last_use_is_stale = _owner_from(row)
     if owner is not None and last_use_is_stale:
@@ -54,7 +55,9 @@ async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
     if not asyncdb.available():
         return await _api_token_authenticate_in_thread(raw)
     now = timezone.now()
-    rows = await asyncdb.fetchall(_owner_sql(), _owner_params(raw, now))
+    # psycopg adapts the datetime itself; nothing here touches Django's connections, which
+    # would build a connection object for each request's context on the event loop.
+    rows = await asyncdb.fetchall(_owner_sql(), [now - LAST_USED_RESOLUTION, token_digest(raw)])
     owner, token_id, last_use_is_stale = _owner_from(rows[0] if rows else None)
     if owner is not None and last_use_is_stale:
         await asyncdb.fetchall(_last_used_sql(), [now, token_id])
@@ -62,11 +65,6 @@ async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
 
 
 _api_token_authenticate_in_thread = sync_to_async(api_token_authenticate)
-
-
-def _owner_params(raw: str, now: datetime) -> list:
-    stale_before = connection.ops.adapt_datetimefield_value(now - LAST_USED_RESOLUTION)
-    return [stale_before, token_digest(raw)]
 
 
 def _owner_from(row: tuple | None) -> tuple[AbstractBaseUser | None, int | None, bool]:
@@ -77,7 +75,7 @@ def _owner_from(row: tuple | None) -> tuple[AbstractBaseUser | None, int | None,
     names, converters = _user_columns()
     for index, convert in converters:
         values[index] = convert(values[index])
-    owner = get_user_model().from_db(connection.alias, names, values)
+    owner = get_user_model().from_db(DEFAULT_DB_ALIAS, names, values)
     if not owner.is_active:
         return None, None, False
     return owner, token_id, bool(last_use_is_stale)
