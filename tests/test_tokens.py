@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.db.backends.signals import connection_created
 from django.utils import timezone
 
-from conversations.tokens import api_token_aauthenticate, api_token_create
+from conversations.models import ApiToken
+from conversations.tokens import (
+    LAST_USED_RESOLUTION,
+    api_token_aauthenticate,
+    api_token_create,
+)
 from tests.loops import run_in_new_loop
 
 
@@ -68,3 +74,25 @@ def test_token_lookup_refuses_unknown_revoked_and_inactive_owners(user):
     token.revoked_at = timezone.now()
     token.save()
     assert run_in_new_loop(api_token_aauthenticate(raw)) is None
+
+
+def test_token_lookup_records_last_use_once_a_minute_and_only_for_active_owners(user):
+    def last_use_after_lookup():
+        run_in_new_loop(api_token_aauthenticate(raw))
+        token.refresh_from_db()
+        return token.last_used_at
+
+    token, raw = api_token_create(owner=user)
+    user.is_active = False
+    user.save()
+    assert last_use_after_lookup() is None
+
+    user.is_active = True
+    user.save()
+    first_use = last_use_after_lookup()
+    assert first_use is not None
+    assert last_use_after_lookup() == first_use
+
+    stale = first_use - LAST_USED_RESOLUTION - timedelta(seconds=1)
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=stale)
+    assert last_use_after_lookup() >= first_use
