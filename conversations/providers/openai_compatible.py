@@ -12,6 +12,7 @@ import httpx
 import openai
 from openai import AsyncOpenAI
 
+from .aiohttp_transport import AiohttpTransport
 from .base import ChatMessage, ChatProvider, ProviderError, StreamOutcome
 from .events import EventDataReader
 
@@ -26,12 +27,16 @@ class NoCookies(httpx.Cookies):
 
 
 class UpstreamHttpClient(openai.DefaultAsyncHttpxClient):
-    """The SDK's HTTP client without a cookie jar. One client serves every user's requests, so
-    a cookie the upstream set for one must not go out with the next; nor is each response's
-    Set-Cookie worth reading (httpx builds a urllib request per response to do it)."""
+    """The SDK's HTTP client (its defaults) on an aiohttp transport, without a cookie jar.
+
+    One client serves every user's requests, so a cookie the upstream set for one must not go
+    out with the next; nor is each response's Set-Cookie worth reading.
+    """
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
+        # Proxies from the environment are the transport's to honour (httpx would mount its
+        # own transports for them).
+        super().__init__(transport=AiohttpTransport(), trust_env=False, **kwargs)
         self._cookies = NoCookies()
 
 
