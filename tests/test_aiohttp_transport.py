@@ -1,12 +1,18 @@
-"""The upstream transport reports aiohttp's failures as the httpx errors the SDK expects."""
+"""The upstream transport: aiohttp's failures as the httpx errors the SDK expects, and TLS
+checked as httpx checks it."""
 
 from __future__ import annotations
+
+import asyncio
+import ssl
 
 import aiohttp
 import httpx
 import pytest
+import trustme
 
-from conversations.providers.aiohttp_transport import transport_error
+from conversations.providers.aiohttp_transport import AiohttpTransport, transport_error
+from tests.loops import run_in_new_loop
 
 
 def connector_error(error: OSError) -> aiohttp.ClientConnectorError:
@@ -30,3 +36,46 @@ def test_aiohttp_errors_become_the_most_specific_httpx_error(error, expected):
 
     assert type(mapped) is expected
     assert str(mapped)
+
+
+async def get_over_tls(authority: trustme.CA) -> httpx.Response:
+    """GET / from a loopback HTTPS server whose certificate ``authority`` issued."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+            response = await client.get(f"https://127.0.0.1:{port}/")
+            await response.aread()
+            return response
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_upstream_certificate_is_checked_against_ssl_cert_file(tmp_path, monkeypatch):
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(tmp_path / "authority.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "authority.pem"))
+
+    response = run_in_new_loop(get_over_tls(authority))
+
+    assert (response.status_code, response.text) == (200, "ok")
+
+
+def test_upstream_certificate_from_an_unknown_authority_is_refused(monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+    with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+        run_in_new_loop(get_over_tls(trustme.CA()))

@@ -60,8 +60,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (its connection pool), opened on the first request's event loop.
 
     It keeps no cookies: one client serves every user's requests, so a cookie the upstream
-    set for one must not go out with the next. Proxies come from the environment
-    (``HTTPS_PROXY``, ``NO_PROXY``), as with httpx.
+    set for one must not go out with the next. Certificates are checked as httpx checks them
+    (certifi's authorities, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``); proxies come from the
+    environment (``HTTPS_PROXY``, ``NO_PROXY``).
     """
 
     def __init__(self, *, max_connections: int = 1000, keepalive_seconds: float = 5.0) -> None:
@@ -71,7 +72,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _open_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self.max_connections, keepalive_timeout=self.keepalive_seconds
+            limit=self.max_connections,
+            keepalive_timeout=self.keepalive_seconds,
+            ssl=httpx.create_ssl_context(),
         )
         return aiohttp.ClientSession(
             connector=connector,
