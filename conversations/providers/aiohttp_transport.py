@@ -24,16 +24,21 @@ TRANSPORT_ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], 
     (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
     (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
     (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
-    (aiohttp.ClientError, httpx.ReadError),
 )
-"""aiohttp's errors as httpx's (the SDK maps those), most specific first."""
+"""aiohttp's errors as httpx's (the SDK maps those), most specific first; any other is a
+``ReadError``, a connection that failed on its way."""
 
 
 def transport_error(exc: aiohttp.ClientError) -> httpx.TransportError:
-    for aiohttp_error, httpx_error in TRANSPORT_ERRORS:
-        if isinstance(exc, aiohttp_error):
-            return httpx_error(str(exc) or type(exc).__name__)
-    return httpx.TransportError(str(exc))
+    error_class = next(
+        (
+            httpx_error
+            for aiohttp_error, httpx_error in TRANSPORT_ERRORS
+            if isinstance(exc, aiohttp_error)
+        ),
+        httpx.ReadError,
+    )
+    return error_class(str(exc) or type(exc).__name__)
 
 
 class AiohttpResponseBody(httpx.AsyncByteStream):
@@ -112,7 +117,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             headers=response.raw_headers,
             stream=AiohttpResponseBody(response),
             request=request,
-            extensions={"http_version": b"HTTP/1.1"},
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
+            },
         )
 
     async def aclose(self) -> None:
