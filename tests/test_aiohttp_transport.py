@@ -79,3 +79,56 @@ def test_upstream_certificate_from_an_unknown_authority_is_refused(monkeypatch):
 
     with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
         run_in_new_loop(get_over_tls(trustme.CA()))
+
+
+async def get_with_proxy_env(monkeypatch, url: str, no_proxy: str) -> tuple[str, list[bytes]]:
+    """GET ``url`` with HTTP_PROXY naming a loopback proxy; what answered, and the request
+    lines the proxy saw. Both the proxy and the direct server (on 127.0.0.1) answer their name."""
+    proxied: list[bytes] = []
+
+    def server_named(name: bytes, seen: list[bytes] | None):
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if seen is not None:
+                    seen.append(head.split(b"\r\n", 1)[0])
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (len(name), name)
+                )
+                await writer.drain()
+            finally:
+                writer.close()
+
+        return answer
+
+    proxy = await asyncio.start_server(server_named(b"proxy", proxied), "127.0.0.1", 0)
+    direct = await asyncio.start_server(server_named(b"direct", None), "127.0.0.1", 0)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    url = url.replace("DIRECT_PORT", str(direct.sockets[0].getsockname()[1]))
+    try:
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+            response = await client.get(url)
+            return (await response.aread()).decode(), proxied
+    finally:
+        for server in (proxy, direct):
+            server.close()
+            await server.wait_closed()
+
+
+def test_upstream_request_goes_through_the_proxy_the_environment_names(monkeypatch):
+    answered_by, proxied = run_in_new_loop(
+        get_with_proxy_env(monkeypatch, "http://upstream.test/v1/models", no_proxy="")
+    )
+
+    assert answered_by == "proxy"
+    assert proxied == [b"GET http://upstream.test/v1/models HTTP/1.1"]
+
+
+def test_upstream_host_listed_in_no_proxy_is_reached_directly(monkeypatch):
+    answered_by, proxied = run_in_new_loop(
+        get_with_proxy_env(monkeypatch, "http://127.0.0.1:DIRECT_PORT/v1", no_proxy="127.0.0.1")
+    )
+
+    assert (answered_by, proxied) == ("direct", [])

@@ -9,6 +9,7 @@ and reports a refused connection as a timeout).
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -66,14 +67,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     It keeps no cookies: one client serves every user's requests, so a cookie the upstream
     set for one must not go out with the next. Certificates are checked as httpx checks them
-    (certifi's authorities, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``); proxies come from the
-    environment (``HTTPS_PROXY``, ``NO_PROXY``).
+    (certifi's authorities, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). Proxies come from the
+    environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``), read once per host: aiohttp's
+    own ``trust_env`` reads them, and ``~/.netrc``, in a worker thread on every request.
     """
 
     def __init__(self, *, max_connections: int = 1000, keepalive_seconds: float = 5.0) -> None:
         self.max_connections = max_connections
         self.keepalive_seconds = keepalive_seconds
         self.session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
+
+    def proxy_for(self, url: httpx.URL) -> str | None:
+        """The proxy the environment names for ``url``'s scheme and host, if any."""
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            proxies = urllib.request.getproxies()
+            bypass = urllib.request.proxy_bypass_environment(url.host, proxies)
+            self._proxies[key] = None if bypass else proxies.get(url.scheme)
+        return self._proxies[key]
 
     def _open_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -84,7 +96,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=True,
             auto_decompress=False,
         )
 
@@ -102,6 +113,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     if name != "transfer-encoding"
                 ],
                 data=await request.aread() or None,
+                proxy=self.proxy_for(request.url),
                 allow_redirects=False,
                 compress=False,
                 timeout=aiohttp.ClientTimeout(
