@@ -75,6 +75,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, max_connections: int = 1000, keepalive_seconds: float = 5.0) -> None:
         self.max_connections = max_connections
         self.keepalive_seconds = keepalive_seconds
+        # Built here, at startup: loading the certificate authorities takes milliseconds,
+        # which the first request would otherwise spend on the event loop.
+        self.ssl_context = httpx.create_ssl_context()
         self.session: aiohttp.ClientSession | None = None
         self._proxies: dict[tuple[str, str], str | None] = {}
 
@@ -91,7 +94,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         connector = aiohttp.TCPConnector(
             limit=self.max_connections,
             keepalive_timeout=self.keepalive_seconds,
-            ssl=httpx.create_ssl_context(),
+            ssl=self.ssl_context,
         )
         return aiohttp.ClientSession(
             connector=connector,
