@@ -1,5 +1,5 @@
-"""The upstream transport: aiohttp's failures as the httpx errors the SDK expects, and TLS
-checked as httpx checks it."""
+"""The upstream transport: aiohttp's failures as the httpx errors the SDK expects, TLS checked
+and proxies taken from the environment as httpx does."""
 
 from __future__ import annotations
 
@@ -81,8 +81,10 @@ def test_upstream_certificate_from_an_unknown_authority_is_refused(monkeypatch):
         run_in_new_loop(get_over_tls(trustme.CA()))
 
 
-async def get_with_proxy_env(monkeypatch, url: str, no_proxy: str) -> tuple[str, list[bytes]]:
-    """GET ``url`` with HTTP_PROXY naming a loopback proxy; what answered, and the request
+async def get_with_proxy_env(
+    monkeypatch, url: str, no_proxy: str, variable: str = "HTTP_PROXY"
+) -> tuple[str, list[bytes]]:
+    """GET ``url`` with ``variable`` naming a loopback proxy; what answered, and the request
     lines the proxy saw. Both the proxy and the direct server (on 127.0.0.1) answer their name."""
     proxied: list[bytes] = []
 
@@ -104,7 +106,7 @@ async def get_with_proxy_env(monkeypatch, url: str, no_proxy: str) -> tuple[str,
 
     proxy = await asyncio.start_server(server_named(b"proxy", proxied), "127.0.0.1", 0)
     direct = await asyncio.start_server(server_named(b"direct", None), "127.0.0.1", 0)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+    monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
     monkeypatch.setenv("NO_PROXY", no_proxy)
     url = url.replace("DIRECT_PORT", str(direct.sockets[0].getsockname()[1]))
     try:
@@ -117,9 +119,14 @@ async def get_with_proxy_env(monkeypatch, url: str, no_proxy: str) -> tuple[str,
             await server.wait_closed()
 
 
-def test_upstream_request_goes_through_the_proxy_the_environment_names(monkeypatch):
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
+def test_upstream_request_goes_through_the_proxy_the_environment_names(monkeypatch, variable):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
     answered_by, proxied = run_in_new_loop(
-        get_with_proxy_env(monkeypatch, "http://upstream.test/v1/models", no_proxy="")
+        get_with_proxy_env(monkeypatch, "http://upstream.test/v1/models", "", variable)
     )
 
     assert answered_by == "proxy"

@@ -68,8 +68,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     It keeps no cookies: one client serves every user's requests, so a cookie the upstream
     set for one must not go out with the next. Certificates are checked as httpx checks them
     (certifi's authorities, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). Proxies come from the
-    environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``), read once per host: aiohttp's
-    own ``trust_env`` reads them, and ``~/.netrc``, in a worker thread on every request.
+    environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), read once per
+    host: aiohttp's own ``trust_env`` reads them, and ``~/.netrc``, in a worker thread on every
+    request.
     """
 
     def __init__(self, *, max_connections: int = 1000, keepalive_seconds: float = 5.0) -> None:
@@ -87,7 +88,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if key not in self._proxies:
             proxies = urllib.request.getproxies()
             bypass = urllib.request.proxy_bypass_environment(url.host, proxies)
-            self._proxies[key] = None if bypass else proxies.get(url.scheme)
+            self._proxies[key] = None if bypass else proxies.get(url.scheme, proxies.get("all"))
         return self._proxies[key]
 
     def _open_session(self) -> aiohttp.ClientSession:
