@@ -14,6 +14,7 @@ moving them here saved 5% of CPU per request in sequence but nothing measurable 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from functools import cache
 
@@ -22,7 +23,10 @@ from django import db
 from django.db import connection
 from psycopg_pool import AsyncConnectionPool
 
+logger = logging.getLogger(__name__)
+
 _pools: dict[asyncio.AbstractEventLoop, asyncio.Task[AsyncConnectionPool]] = {}
+_unawaited: set[asyncio.Task[None]] = set()
 
 
 @cache
@@ -76,6 +80,20 @@ async def fetchall(sql: str, params: Sequence) -> list[tuple]:
         raise _as_django_error(exc) from exc
 
 
+def execute_soon(sql: str, params: Sequence, *, purpose: str) -> None:
+    """Run a statement that no response waits for; a failure is logged with ``purpose``."""
+    task = asyncio.get_running_loop().create_task(_execute_logged(sql, params, purpose))
+    _unawaited.add(task)
+    task.add_done_callback(_unawaited.discard)
+
+
+async def _execute_logged(sql: str, params: Sequence, purpose: str) -> None:
+    try:
+        await fetchall(sql, params)
+    except Exception:
+        logger.warning("could not %s", purpose, exc_info=True)
+
+
 def _as_django_error(exc: psycopg.Error) -> db.Error:
     for django_error in DJANGO_ERRORS:
         if isinstance(exc, getattr(psycopg, django_error.__name__)):
@@ -97,7 +115,12 @@ DJANGO_ERRORS = (
 
 
 async def aclose_pools() -> None:
-    """Close the pool of the running loop (for tests, which start and stop loops)."""
-    opening = _pools.pop(asyncio.get_running_loop(), None)
+    """Finish this loop's statements started by execute_soon, then close its pool (for tests,
+    which start and stop loops)."""
+    loop = asyncio.get_running_loop()
+    pending = [task for task in _unawaited if task.get_loop() is loop]
+    if pending:
+        await asyncio.wait(pending)
+    opening = _pools.pop(loop, None)
     if opening is not None:
         await (await opening).close()

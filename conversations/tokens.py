@@ -60,7 +60,8 @@ async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
     rows = await asyncdb.fetchall(_owner_sql(), [now - LAST_USED_RESOLUTION, token_digest(raw)])
     owner, token_id, last_use_is_stale = _owner_from(rows[0] if rows else None)
     if owner is not None and last_use_is_stale:
-        await asyncdb.fetchall(_last_used_sql(), [now, token_id])
+        # The reply need not wait for this bookkeeping: it runs beside the request.
+        asyncdb.execute_soon(_last_used_sql(), [now, token_id], purpose="record a token's use")
     return owner
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import connection
 from django.db.backends.signals import connection_created
@@ -32,10 +35,20 @@ def django_connections_opened():
     connection_created.disconnect(record)
 
 
-@pytest.mark.skipif(
+on_postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql",
     reason="only PostgreSQL has the lookup on the event loop (CI runs this test)",
 )
+
+
+def other_connection() -> psycopg.Connection:
+    """A connection of the test's own, outside Django's."""
+    params = connection.get_connection_params()
+    names = ("dbname", "user", "password", "host", "port")
+    return psycopg.connect(**{name: params[name] for name in names if params.get(name)})
+
+
+@on_postgresql_only
 def test_token_lookup_on_postgresql_runs_on_the_event_loop(user, django_connections_opened):
     """No worker thread and no Django connection: the query is awaited on the loop."""
     token, raw = api_token_create(owner=user)
@@ -96,3 +109,45 @@ def test_token_lookup_records_last_use_once_a_minute_and_only_for_active_owners(
     stale = first_use - LAST_USED_RESOLUTION - timedelta(seconds=1)
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=stale)
     assert last_use_after_lookup() >= first_use
+
+
+@on_postgresql_only
+def test_token_lookup_does_not_wait_for_its_last_use_to_be_recorded(user):
+    token, raw = api_token_create(owner=user)
+    locker = other_connection()
+    locker.execute("SELECT 1 FROM conversations_apitoken WHERE id = %s FOR UPDATE", [token.pk])
+
+    async def lookup_while_the_token_row_is_locked():
+        try:
+            return await asyncio.wait_for(api_token_aauthenticate(raw), timeout=5)
+        finally:
+            locker.rollback()
+
+    with locker:
+        assert run_in_new_loop(lookup_while_the_token_row_is_locked()) == user
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+
+
+@on_postgresql_only
+def test_token_use_that_cannot_be_recorded_is_logged_and_the_lookup_still_succeeds(user, caplog):
+    _, raw = api_token_create(owner=user)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_last_use() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER refuse_last_use BEFORE UPDATE ON conversations_apitoken "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_last_use()"
+        )
+    try:
+        with caplog.at_level(logging.WARNING, logger="conversations.asyncdb"):
+            assert run_in_new_loop(api_token_aauthenticate(raw)) == user
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER refuse_last_use ON conversations_apitoken")
+            cursor.execute("DROP FUNCTION refuse_last_use()")
+    [record] = caplog.records
+    assert record.getMessage() == "could not record a token's use"
+    assert "refused by the test" in str(record.exc_info[1])
