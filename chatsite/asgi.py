@@ -1,6 +1,5 @@
 """ASGI entry point: ``uvicorn chatsite.asgi:application``."""
 
-import contextvars
 import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -10,10 +9,9 @@ from asgiref.sync import ThreadSensitiveContext
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import get_resolver
 
+from chatsite.lifecycle import CURRENT, Handling
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
-
-
-CREATED_REQUESTS: contextvars.ContextVar[list] = contextvars.ContextVar("created_requests")
 
 
 class RequestThreads:
@@ -38,8 +36,9 @@ class RequestThreads:
 
 
 class ChatASGIHandler(ASGIHandler):
-    """Django's handler with reused request threads, minus the reference cycles it leaves
-    behind for every request.
+    """Django's handler with reused request threads, the work a request left for its end
+    (``chatsite.lifecycle``) done, and minus the reference cycles it leaves behind for every
+    request.
 
     A request's objects point at each other (its message storage, its lazy user and its
     ``auser`` all hold the request), so none of them is freed when the request ends: they
@@ -53,22 +52,24 @@ class ChatASGIHandler(ASGIHandler):
         self.threads = RequestThreads()
 
     async def handle(self, scope, receive, send):
-        created = []
-        reset = CREATED_REQUESTS.set(created)
+        handling = Handling()
+        reset = CURRENT.set(handling)
         executor = self.threads.take()
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await super().handle(scope, receive, send)
         finally:
             self.threads.give_back(executor)
-            CREATED_REQUESTS.reset(reset)
-        for request in created:
+            CURRENT.reset(reset)
+        await handling.arun_after()
+        requests, handling.requests = handling.requests, []
+        for request in requests:
             request.__dict__.clear()
 
     def create_request(self, scope, body_file):
         request, error_response = super().create_request(scope, body_file)
         if request is not None:
-            CREATED_REQUESTS.get().append(request)
+            CURRENT.get().requests.append(request)
         return request, error_response
 
     async def listen_for_disconnect(self, receive):

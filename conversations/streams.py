@@ -57,13 +57,42 @@ class JsonFramer:
         )
 
 
+class ReplyFrames:
+    """A reply's frames as a response body. However the response ends, even if it is never
+    sent (the client left before its first frame), ``aclose`` stops and saves the reply and
+    runs ``on_close`` (which gives back the stream slot); calling it again does nothing."""
+
+    def __init__(
+        self,
+        generation: Generation,
+        framer: QueryFramer | JsonFramer,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.generation = generation
+        self.framer = framer
+        self.on_close = on_close
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return relay(self.generation, self.framer, self.aclose)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.generation.aclose()
+        finally:
+            if self.on_close is not None:
+                await self.on_close()
+
+
 async def relay(
     generation: Generation,
     framer: QueryFramer | JsonFramer,
-    on_close: Callable[[], Awaitable[None]] | None = None,
+    on_close: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
-    """Yield the reply's frames; however this ends, the reply is saved and ``on_close``
-    (which gives back the stream slot) runs."""
+    """Yield the reply's frames; ``on_close`` runs however this ends."""
     try:
         while True:
             items = await generation.take()
@@ -80,8 +109,4 @@ async def relay(
                     return
             yield b"".join(frames)
     finally:
-        try:
-            await generation.aclose()
-        finally:
-            if on_close is not None:
-                await on_close()
+        await on_close()

@@ -9,6 +9,8 @@ from django.shortcuts import redirect, render
 from django.views import defaults
 from django.views.csrf import csrf_failure as default_csrf_failure
 
+from chatsite.lifecycle import run_after_request
+
 from .errors import ApiError, error_response
 from .generation import generation_aopen, generation_astop
 from .http import api_view, is_api_path
@@ -33,7 +35,7 @@ from .selectors import (
 from .serializers import conversation_detail, conversation_summary
 from .services import ChatRequest, conversation_adelete
 from .sse import EventStreamResponse
-from .streams import JsonFramer, QueryFramer, relay
+from .streams import JsonFramer, QueryFramer, ReplyFrames
 
 
 @login_required
@@ -92,7 +94,9 @@ async def _stream_reply(user, chat_request: ChatRequest, framer) -> EventStreamR
     except BaseException:
         await slot.release()
         raise
-    response = EventStreamResponse(relay(generation, framer, on_close=slot.release))
+    frames = ReplyFrames(generation, framer, on_close=slot.release)
+    run_after_request(frames.aclose)
+    response = EventStreamResponse(frames)
     response["X-Conversation-Id"] = str(generation.conversation_id)
     response["X-Message-Id"] = str(generation.message_id)
     return response

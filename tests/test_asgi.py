@@ -14,6 +14,7 @@ import threading
 from urllib.parse import urlencode
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import request_started
@@ -57,9 +58,17 @@ def unreachable_objects() -> list:
         gc.set_debug(0)
 
 
-async def exchange(path: str, query: dict, token: str, *, leave_after_first_token: bool) -> list:
+async def exchange(
+    path: str,
+    query: dict,
+    token: str,
+    *,
+    leave_after_first_token: bool,
+    leave_while_headers_are_sent: bool = False,
+) -> list:
     """One request through the ASGI application; the client disconnects once the response
-    is complete or, if asked, as soon as the first token arrives."""
+    is complete or, if asked, as soon as the first token arrives, or while the response's
+    headers are being sent (the server's ``send`` waits, as on a full socket buffer)."""
     sent: list[dict] = []
     client_gone = asyncio.Event()
     request_read = False
@@ -74,6 +83,9 @@ async def exchange(path: str, query: dict, token: str, *, leave_after_first_toke
 
     async def send(message: dict) -> None:
         sent.append(message)
+        if leave_while_headers_are_sent:
+            client_gone.set()
+            await asyncio.Event().wait()
         if message["type"] != "http.response.body":
             return
         first_token = leave_after_first_token and b"data:" in message["body"]
@@ -123,6 +135,35 @@ def test_a_stream_the_client_left_leaves_no_reference_cycle_behind(user, collect
     assert sent[0]["status"] == 200
     assert Message.objects.get(role="assistant").status == Message.Status.CANCELLED
     assert left_behind(unreachable_objects()) == []
+
+
+def test_a_stream_the_client_left_before_its_headers_were_sent_is_stopped_and_saved(user):
+    """Django drops such a response without iterating its body: the reply is still stopped,
+    saved and its stream slot given back."""
+    _, token = api_token_create(owner=user)
+
+    async def leave_then_take_every_slot():
+        sent = await exchange(
+            "/api/chat/stream",
+            {"message": "hello"},
+            token,
+            leave_after_first_token=False,
+            leave_while_headers_are_sent=True,
+        )
+        slots = limits.stream_slots()
+        taken = [
+            await asyncio.wait_for(slots.acquire(f"user:{user.pk}"), timeout=2)
+            for _ in range(settings.CHAT_STREAMS_PER_USER)
+        ]
+        for slot in taken:
+            await slot.release()
+        return sent
+
+    sent = run_in_new_loop(leave_then_take_every_slot())
+
+    assert [message["type"] for message in sent] == ["http.response.start"]
+    reply = Message.objects.get(role="assistant")
+    assert reply.status == Message.Status.CANCELLED
 
 
 @pytest.fixture

@@ -1,0 +1,47 @@
+"""What a request leaves for the moment it has been handled to the end, however it ended.
+
+Django's ASGI handler drops a response that the client left before it was sent (a disconnect
+while a middleware or the first ``send`` is awaited): its body is never iterated, so an async
+generator's ``finally`` never runs. ``chatsite.asgi`` runs what was registered here once the
+request has been handled, whichever way it went.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+AfterRequest = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Handling:
+    """One request being handled: the request objects created, and the work left for its end."""
+
+    requests: list = field(default_factory=list)
+    after: list[AfterRequest] = field(default_factory=list)
+
+    async def arun_after(self) -> None:
+        """Run the work left for the end (once: the tasks a request started keep its context,
+        and so this object, alive after it)."""
+        callbacks, self.after = self.after, []
+        for callback in callbacks:
+            try:
+                await callback()
+            except Exception:
+                logger.exception("the end of a request could not be handled")
+
+
+CURRENT: contextvars.ContextVar[Handling] = contextvars.ContextVar("handling")
+
+
+def run_after_request(callback: AfterRequest) -> None:
+    """Await ``callback`` once this request has been handled. Outside ChatASGIHandler (Django's
+    test client, which consumes every response it is given) this does nothing."""
+    handling = CURRENT.get(None)
+    if handling is not None:
+        handling.after.append(callback)
