@@ -245,19 +245,21 @@ def browser():
 
 @pytest.fixture
 def browser_page_for(browser, server):
-    """A fresh browser context signed in as the given user (session cookie, no form)."""
+    """A fresh browser context signed in as the given user (session cookie, no form), on the
+    shared server or the one given."""
     contexts = []
 
-    def make(user):
+    def make(user, site: LiveServer | None = None, **context_options):
+        site = site or server
         django_client = DjangoClient()
         django_client.force_login(user)
-        context = browser.new_context(base_url=server.url)
+        context = browser.new_context(base_url=site.url, **context_options)
         context.add_cookies(
             [
                 {
                     "name": "sessionid",
                     "value": django_client.cookies["sessionid"].value,
-                    "url": server.url,
+                    "url": site.url,
                 }
             ]
         )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
+import uuid
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from playwright.sync_api import expect
 
 from conversations.models import Conversation, Message
@@ -201,6 +204,102 @@ def test_an_api_error_before_streaming_is_shown_to_the_user(
     note = last_assistant(page).get_by_role("alert")
     expect(note).to_have_text("No such conversation.")
     expect(page.get_by_role("status")).to_have_text("The reply failed.")
+
+
+def test_a_message_refused_for_too_many_streams_says_why_and_goes_back_in_the_composer(
+    start_server, browser_page_for, user, fake_upstream
+):
+    one_stream_each = start_server(
+        "one-stream",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_STREAMS_PER_USER="1",
+        CHAT_STREAM_QUEUE_LENGTH="0",
+        CACHE_KEY_PREFIX=f"one-stream-{uuid.uuid4().hex}",
+    )
+    fake_upstream.script("first tab", tokens=[f"t{i} " for i in range(400)], interval=0.03)
+    first_tab = browser_page_for(user, one_stream_each)
+    second_tab = browser_page_for(user, one_stream_each)
+    first_tab.goto("/")
+    second_tab.goto("/")
+    send(first_tab, "first tab")
+    expect(first_tab.locator(".message.assistant.streaming")).to_contain_text("t3 ")
+
+    send(second_tab, "second tab")
+
+    note = last_assistant(second_tab).get_by_role("alert")
+    expect(note).to_have_text(
+        "Too many streams at once (the queue is full); at most 1 per user. Try again shortly."
+    )
+    expect(second_tab.get_by_role("status")).to_have_text("The reply failed.")
+    expect(composer(second_tab)).to_have_value("second tab")
+    expect(composer(second_tab)).to_be_enabled()
+    assert fake_upstream.requests_for("second tab") == []
+    first_tab.get_by_role("button", name="Stop").click()
+    expect(last_assistant(first_tab).locator(".message-note")).to_have_text("Stopped")
+
+
+def test_a_connection_dropped_mid_reply_is_shown_and_the_text_so_far_kept(
+    start_server, browser_page_for, user, fake_upstream
+):
+    doomed = start_server("doomed", CHAT_PROVIDER="openai", OPENAI_BASE_URL=fake_upstream.base_url)
+    fake_upstream.script("drop me", tokens=[f"d{i} " for i in range(400)], interval=0.03)
+    page = browser_page_for(user, doomed)
+    page.goto("/")
+    send(page, "drop me")
+    streaming_body = page.locator(".message.assistant.streaming .message-body")
+    expect(streaming_body).to_contain_text("d5 ")
+
+    doomed.process.kill()
+
+    reply = last_assistant(page)
+    expect(reply.get_by_role("alert")).to_have_text("Error: the connection to the server was lost.")
+    expect(reply.locator(".message-body")).to_contain_text("d0 d1 d2 d3 d4 d5 ")
+    expect(page.get_by_role("status")).to_have_text("The reply failed.")
+    expect(composer(page)).to_be_enabled()
+    expect(composer(page)).to_have_value("")
+    assert Message.objects.get(role="assistant").status == Message.Status.STREAMING
+    call_command("interrupt_stale_replies", older_than=0, stdout=io.StringIO())
+    assert Message.objects.get(role="assistant").status == Message.Status.INTERRUPTED
+
+
+SCROLL_POSITION = """() => {
+  const scroller = document.scrollingElement;
+  return {
+    fromBottom: scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight,
+    top: scroller.scrollTop,
+    height: scroller.scrollHeight,
+  };
+}"""
+
+
+def test_the_page_follows_a_growing_reply_until_the_user_scrolls_up(
+    server, browser_page_for, user, fake_upstream
+):
+    lines = [f"line {i}\n\n" for i in range(300)]
+    fake_upstream.script("a long answer", tokens=lines, interval=0.03)
+    page = browser_page_for(user, viewport={"width": 900, "height": 500})
+    page.goto("/")
+    position = lambda: page.evaluate(SCROLL_POSITION)  # noqa: E731
+
+    send(page, "a long answer")
+    streaming_body = page.locator(".message.assistant.streaming .message-body")
+    expect(streaming_body).to_contain_text("line 30")
+    followed = position()
+    assert followed["top"] > 0 and followed["fromBottom"] < 80
+
+    page.mouse.move(450, 250)
+    page.mouse.wheel(0, -100_000)
+    wait_until(lambda: position()["top"] == 0)
+    expect(streaming_body).to_contain_text("line 60")
+    left_alone = position()
+    assert left_alone["top"] == 0 and left_alone["height"] > followed["height"]
+
+    page.evaluate("window.scrollTo(0, document.scrollingElement.scrollHeight)")
+    expect(streaming_body).to_contain_text("line 90")
+    followed_again = position()
+    assert followed_again["fromBottom"] < 80 and followed_again["height"] > left_alone["height"]
+    page.get_by_role("button", name="Stop").click()
 
 
 def test_composer_keys_enter_sends_and_shift_enter_adds_a_line(

@@ -116,18 +116,22 @@ function setStreaming(streaming) {
 }
 
 async function errorMessage(response) {
-  let message = `The server answered ${response.status}.`;
   try {
     const body = await response.json();
-    if (body?.error?.message) message = body.error.message;
+    if (body?.error?.message) return body.error.message;
   } catch {
-    // not JSON: keep the status line
+    // not JSON (a proxy's page, say): describe the status instead
   }
   if (response.status === 429) {
     const retry = response.headers.get("Retry-After");
-    message = `Too many requests: ${message}${retry ? ` Try again in ${retry} s.` : ""}`;
+    return `Too many requests.${retry ? ` Try again in ${retry} s.` : ""}`;
   }
-  return message;
+  return `The server answered ${response.status}.`;
+}
+
+/** Put an unsent message back in the composer, unless the user has started another. */
+function restoreDraft(text) {
+  if (!input.value) input.value = text;
 }
 
 function rememberConversation(id, title) {
@@ -187,6 +191,7 @@ async function send(text) {
     if (!response.ok) {
       outcome = "failed";
       addNote(reply, await errorMessage(response), "failed");
+      restoreDraft(text);
       return;
     }
     ids = {
@@ -235,6 +240,7 @@ async function send(text) {
     } else {
       outcome = "failed";
       addNote(reply, "Error: the connection to the server was lost.", "failed");
+      if (!ids.message) restoreDraft(text);
     }
   } finally {
     controller = null;
