@@ -27,6 +27,7 @@ from .services import (
     new_conversation_prompt,
     reply_aopen,
 )
+from .stops import listen_for_stops, reply_astop_elsewhere
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Generation:
         self.conversation_id, self.message_id = conversation_id, message_id
         if not self._finalising:
             RUNNING[message_id] = self
+            listen_for_stops(stop_running)
         self._saved.set_result(True)
 
     async def adiscard(self) -> None:
@@ -303,6 +305,13 @@ def _cancel_abandoned_reply(opening: asyncio.Future[OpenedReply]) -> None:
     task.add_done_callback(ABANDONED.discard)
 
 
+def stop_running(message_id: int) -> None:
+    """Stop a reply if this process produces it (asked by another process)."""
+    generation = RUNNING.get(message_id)
+    if generation is not None:
+        generation.stop()
+
+
 async def generation_astop(message_id: int) -> bool:
     """Stop a reply produced by this process and wait until it is saved; False if not here."""
     generation = RUNNING.get(message_id)
@@ -310,3 +319,9 @@ async def generation_astop(message_id: int) -> bool:
         return False
     await generation.aclose()
     return True
+
+
+async def reply_astop(message_id: int) -> bool:
+    """Stop a reply in whichever process produces it and wait until it is saved; False if
+    none did."""
+    return await generation_astop(message_id) or await reply_astop_elsewhere(message_id)

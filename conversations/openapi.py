@@ -197,7 +197,9 @@ def openapi_document() -> dict:
                         },
                         "403": _error("CSRF check failed (session requests)."),
                         "404": _error("Unknown message, or someone else's."),
-                        "409": _error("The reply streams in another server process."),
+                        "409": _error(
+                            "No server process stopped the reply in time (its process died)."
+                        ),
                         **COMMON_ERRORS,
                     },
                 },

@@ -318,10 +318,11 @@ def messages_interrupt_stale(*, older_than: timedelta) -> int:
 
 
 async def conversation_adelete(*, conversation: Conversation) -> None:
-    """Stop the conversation's replies still streaming here, then delete it with its messages."""
-    from .generation import generation_astop
+    """Stop the conversation's replies still streaming, in whichever process, then delete it
+    with its messages."""
+    from .generation import reply_astop
 
     streaming = Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING)
     async for message_id in streaming.values_list("pk", flat=True):
-        await generation_astop(message_id)
+        await reply_astop(message_id)
     await conversation.adelete()

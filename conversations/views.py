@@ -12,7 +12,7 @@ from django.views.csrf import csrf_failure as default_csrf_failure
 from chatsite.lifecycle import run_after_request
 
 from .errors import ApiError, error_response
-from .generation import generation_aopen, generation_astop
+from .generation import generation_aopen, reply_astop
 from .http import api_view, is_api_path
 from .inputs import (
     chat_request_from_json,
@@ -135,11 +135,11 @@ async def message_cancel(request: HttpRequest, message_id: int) -> HttpResponse:
     """Stop a reply that is still streaming; its partial text is saved as ``cancelled``."""
     message = await message_aget_owned(request.api_user, message_id)
     if message.status == Message.Status.STREAMING:
-        if not await generation_astop(message.pk):
+        if not await reply_astop(message.pk):
             raise ApiError(
                 409,
                 "not_cancellable_here",
-                "This reply is being produced by another server process; try again.",
+                "The server process producing this reply did not stop it; try again.",
             )
         await message.arefresh_from_db()
     return JsonResponse({"id": message.pk, "status": message.status})

@@ -101,6 +101,17 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis, for what several server processes share; CI must have it."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set REDIS_URL so the cross-process tests run against Redis.")
+        pytest.skip("REDIS_URL is not set: several processes share state through Redis only.")
+    return url
+
+
+@pytest.fixture(scope="session")
 def fake_upstream() -> Iterator[FakeUpstream]:
     upstream = FakeUpstream(api_key=UPSTREAM_KEY)
     upstream.start()

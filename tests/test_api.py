@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import uuid
 
 import httpx
 import pytest
@@ -186,6 +187,106 @@ def test_cancel_stops_a_reply_streaming_to_another_request(server, client, user,
     assert saved.content.startswith("t0 t1 t2 t3 ")
     again = client.post(f"/api/messages/{message_id}/cancel")
     assert again.json() == {"id": message_id, "status": "cancelled"}
+
+
+@pytest.fixture
+def two_processes(start_server, fake_upstream, redis_url):
+    """Two server processes sharing Redis, as two uvicorn workers would."""
+    shared = {
+        "CHAT_PROVIDER": "openai",
+        "OPENAI_BASE_URL": fake_upstream.base_url,
+        "REDIS_URL": redis_url,
+        "CACHE_KEY_PREFIX": f"pair-{uuid.uuid4().hex}",
+    }
+    return start_server("pair-one", **shared), start_server("pair-two", **shared)
+
+
+def stream_in_background(server, token: str, message: str):
+    """Open a stream; its frames are read into the returned list by a thread, and a broken
+    connection is recorded there as the exception that broke it."""
+    client = token_client(server, token)
+    response = client.send(
+        client.build_request("POST", "/api/chat/stream", json={"message": message}), stream=True
+    )
+    frames: list = []
+
+    def read() -> None:
+        try:
+            frames.extend(iter_frames(response))
+        except httpx.TransportError as broken:
+            frames.append(broken)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    return response, frames, reader, client
+
+
+def test_cancel_reaches_a_reply_streaming_in_another_server_process(
+    two_processes, user, fake_upstream
+):
+    one, two = two_processes
+    fake_upstream.script("stop across", tokens=[f"a{i} " for i in range(500)], interval=0.02)
+    token = create_token("alice")
+    response, frames, reader, client = stream_in_background(one, token, "stop across")
+    message_id = int(response.headers["x-message-id"])
+    wait_until(lambda: len(frames) >= 5)
+
+    with token_client(two, token) as api:
+        cancelled = api.post(f"/api/messages/{message_id}/cancel")
+    reader.join(5)
+    client.close()
+
+    assert cancelled.status_code == 200
+    assert cancelled.json() == {"id": message_id, "status": "cancelled"}
+    assert content_frames(frames)[-1].json()["done"] is True
+    assert wait_until(lambda: fake_upstream.requests_for("stop across")[-1].aborted)
+    saved = Message.objects.get(pk=message_id)
+    assert saved.status == "cancelled"
+    assert saved.content.startswith("a0 a1 a2 a3 ")
+
+
+def test_deleting_a_conversation_stops_its_reply_in_another_server_process(
+    two_processes, user, fake_upstream
+):
+    one, two = two_processes
+    fake_upstream.script("delete across", tokens=[f"b{i} " for i in range(500)], interval=0.02)
+    token = create_token("alice")
+    response, frames, reader, client = stream_in_background(one, token, "delete across")
+    conversation_id = int(response.headers["x-conversation-id"])
+    wait_until(lambda: len(frames) >= 5)
+
+    with token_client(two, token) as api:
+        deleted = api.delete(f"/api/conversations/{conversation_id}")
+    reader.join(5)
+    client.close()
+
+    assert deleted.status_code == 204
+    assert not reader.is_alive()
+    assert wait_until(lambda: fake_upstream.requests_for("delete across")[-1].aborted)
+    assert not Conversation.objects.filter(pk=conversation_id).exists()
+
+
+def test_cancel_answers_409_when_the_process_holding_the_reply_is_gone(
+    two_processes, user, fake_upstream
+):
+    one, two = two_processes
+    fake_upstream.script("orphaned", tokens=[f"c{i} " for i in range(500)], interval=0.02)
+    token = create_token("alice")
+    response, frames, reader, client = stream_in_background(one, token, "orphaned")
+    message_id = int(response.headers["x-message-id"])
+    wait_until(lambda: len(frames) >= 5)
+    one.process.kill()
+    reader.join(5)
+    client.close()
+    assert isinstance(frames[-1], httpx.TransportError)
+
+    with token_client(two, token) as api:
+        refused = api.post(f"/api/messages/{message_id}/cancel")
+
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "not_cancellable_here"
+    assert Message.objects.get(pk=message_id).status == "streaming"
+    call_command("interrupt_stale_replies", older_than=0, stdout=io.StringIO())
 
 
 LIMIT_CASES = [

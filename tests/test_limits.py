@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 import uuid
@@ -196,16 +195,6 @@ def test_slots_are_given_back_when_streams_end_fail_or_disconnect(
         both = [open_stream(client, "quick one") for _ in range(2)]
 
     assert [r.status_code for r in both] == [200, 200]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must set REDIS_URL so the shared-limit test runs against Redis.")
-        pytest.skip("REDIS_URL is not set: the cross-process limit needs Redis (CI sets it).")
-    return url
 
 
 def test_two_server_processes_share_stream_slots_through_redis(
