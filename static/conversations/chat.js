@@ -67,6 +67,7 @@ const conversationList = document.getElementById("conversation-list");
 
 let controller = null;
 let followOutput = true;
+let autoScrollTop = 0;
 
 function announce(text) {
   statusRegion.textContent = text;
@@ -77,12 +78,18 @@ function nearBottom() {
   return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
 }
 
+// Any move up from where the page last put itself stops following at once, even a few pixels
+// (a smooth wheel scroll starts that small); reaching the bottom again resumes it.
 window.addEventListener("scroll", () => {
-  followOutput = nearBottom();
+  if (document.scrollingElement.scrollTop < autoScrollTop - 1) followOutput = false;
+  else if (nearBottom()) followOutput = true;
 }, { passive: true });
 
 function scrollToEnd() {
-  if (followOutput) document.scrollingElement.scrollTop = document.scrollingElement.scrollHeight;
+  if (!followOutput) return;
+  const scroller = document.scrollingElement;
+  scroller.scrollTop = scroller.scrollHeight;
+  autoScrollTop = scroller.scrollTop;
 }
 
 function messageNode(role, text) {
