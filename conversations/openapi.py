@@ -16,6 +16,9 @@ def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
 
+STOP_UNAVAILABLE = _error(
+    "Redis could not be reached to stop a reply in another server process (`Retry-After`)."
+)
 COMMON_ERRORS = {
     "401": _error("Missing, bad or revoked credentials (with `WWW-Authenticate: Bearer`)."),
     "429": _error("Over the rate limit (`Retry-After` gives the seconds to wait)."),
@@ -165,6 +168,7 @@ def openapi_document() -> dict:
                         "204": {"description": "Deleted."},
                         "403": _error("CSRF check failed (session requests)."),
                         "404": _error("Unknown conversation, or someone else's."),
+                        "503": STOP_UNAVAILABLE,
                         **COMMON_ERRORS,
                     },
                 },
@@ -198,8 +202,11 @@ def openapi_document() -> dict:
                         "403": _error("CSRF check failed (session requests)."),
                         "404": _error("Unknown message, or someone else's."),
                         "409": _error(
-                            "No server process stopped the reply in time (its process died)."
+                            "No server process stopped the reply within "
+                            "`CHAT_STOP_WAIT_SECONDS` (the one producing it has stopped "
+                            "running, or the reply was being saved)."
                         ),
+                        "503": STOP_UNAVAILABLE,
                         **COMMON_ERRORS,
                     },
                 },

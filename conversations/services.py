@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -323,6 +324,6 @@ async def conversation_adelete(*, conversation: Conversation) -> None:
     from .generation import reply_astop
 
     streaming = Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING)
-    async for message_id in streaming.values_list("pk", flat=True):
-        await reply_astop(message_id)
+    message_ids = [message_id async for message_id in streaming.values_list("pk", flat=True)]
+    await asyncio.gather(*(reply_astop(message_id) for message_id in message_ids))
     await conversation.adelete()

@@ -16,18 +16,22 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
+from .errors import ApiError
 from .limits import key_prefix, redis_client
 from .models import Message
 
 logger = logging.getLogger(__name__)
 
-STOP_WAIT_SECONDS = 5.0
-"""How long a stop request waits for the reply's row to be saved by the process holding it."""
 REPUBLISH_SECONDS = 0.5
 """A process whose listener was still subscribing when a stop was published hears the next."""
 POLL_SECONDS = 0.05
-RESUBSCRIBE_SECONDS = 1.0
+PING_SECONDS = 30.0
+"""An idle listener pings Redis this often, and reconnects if nothing came back for twice as
+long (a connection dropped silently, as by a failover or a NAT, would otherwise never wake)."""
+RETRY_SECONDS = (1.0, 30.0)
+"""The first and the longest wait before listening again after a failure."""
 
 _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
@@ -51,17 +55,34 @@ def listen_for_stops(stop: Callable[[int], None]) -> None:
 
 
 async def _listen(stop: Callable[[int], None]) -> None:
+    retry = RETRY_SECONDS[0]
     while True:
         try:
-            async with redis_client().pubsub(ignore_subscribe_messages=True) as pubsub:
+            async with redis_client().pubsub() as pubsub:
                 await pubsub.subscribe(channel())
-                async for message in pubsub.listen():
-                    _stop_named(stop, message["data"])
-        except Exception:
-            logger.warning(
-                "not listening for stop requests; again in %s s", RESUBSCRIBE_SECONDS, exc_info=True
-            )
-            await asyncio.sleep(RESUBSCRIBE_SECONDS)
+                if retry > RETRY_SECONDS[0]:
+                    logger.warning("listening for stop requests again")
+                retry = RETRY_SECONDS[0]
+                await _hear(pubsub, stop)
+        except (RedisError, OSError):
+            if retry == RETRY_SECONDS[0]:
+                logger.warning("not listening for stop requests; retrying", exc_info=True)
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, RETRY_SECONDS[1])
+
+
+async def _hear(pubsub, stop: Callable[[int], None]) -> None:
+    heard_at = time.monotonic()
+    while True:
+        message = await pubsub.get_message(timeout=PING_SECONDS)
+        if message is not None:
+            heard_at = time.monotonic()
+            if message["type"] == "message":
+                _stop_named(stop, message["data"])
+        elif time.monotonic() - heard_at > 2 * PING_SECONDS:
+            raise ConnectionError("Redis did not answer the listener's ping")
+        else:
+            await pubsub.ping()
 
 
 def _stop_named(stop: Callable[[int], None], data: bytes) -> None:
@@ -75,22 +96,30 @@ def _stop_named(stop: Callable[[int], None], data: bytes) -> None:
 
 async def reply_astop_elsewhere(message_id: int) -> bool:
     """Ask the other processes to stop this reply and wait until it is saved; False if none
-    did in time (its process may have died: ``interrupt_stale_replies`` settles such rows)."""
+    did within CHAT_STOP_WAIT_SECONDS (its process died: ``interrupt_stale_replies`` settles
+    such rows). ApiError(503) if Redis cannot be reached."""
     if not settings.REDIS_URL:
         return False
-    deadline = time.monotonic() + STOP_WAIT_SECONDS
     next_publish = 0.0
     try:
-        while time.monotonic() < deadline:
-            if time.monotonic() >= next_publish:
-                await redis_client().publish(channel(), str(message_id))
-                next_publish = time.monotonic() + REPUBLISH_SECONDS
-            await asyncio.sleep(POLL_SECONDS)
-            if not await _still_streaming(message_id):
-                return True
-    except Exception:
+        async with asyncio.timeout(settings.CHAT_STOP_WAIT_SECONDS):
+            while True:
+                if time.monotonic() >= next_publish:
+                    await redis_client().publish(channel(), str(message_id))
+                    next_publish = time.monotonic() + REPUBLISH_SECONDS
+                await asyncio.sleep(POLL_SECONDS)
+                if not await _still_streaming(message_id):
+                    return True
+    except TimeoutError:
+        return False
+    except (RedisError, OSError) as error:
         logger.warning("could not ask other processes to stop reply %s", message_id, exc_info=True)
-    return False
+        raise ApiError(
+            503,
+            "stop_unavailable",
+            "The other server processes could not be reached to stop this reply; try again.",
+            headers={"Retry-After": "1"},
+        ) from error
 
 
 async def _still_streaming(message_id: int) -> bool:

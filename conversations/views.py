@@ -139,7 +139,8 @@ async def message_cancel(request: HttpRequest, message_id: int) -> HttpResponse:
             raise ApiError(
                 409,
                 "not_cancellable_here",
-                "The server process producing this reply did not stop it; try again.",
+                "No server process stopped this reply: the one producing it has stopped "
+                "running, or the reply was being saved. Read it again for its status.",
             )
         await message.arefresh_from_db()
     return JsonResponse({"id": message.pk, "status": message.status})

@@ -41,7 +41,7 @@ def test_token_from_the_command_streams_without_csrf_and_only_its_hash_is_stored
     assert stored.name == "cli"
     assert token.startswith(stored.prefix)
     assert token not in (stored.digest, stored.prefix, stored.name)
-    assert stored.last_used_at is not None
+    assert wait_until(lambda: ApiToken.objects.get(pk=stored.pk).last_used_at)
     conversation = Conversation.objects.get(pk=response.headers["x-conversation-id"])
     assert conversation.owner == user
 
@@ -197,6 +197,7 @@ def two_processes(start_server, fake_upstream, redis_url):
         "OPENAI_BASE_URL": fake_upstream.base_url,
         "REDIS_URL": redis_url,
         "CACHE_KEY_PREFIX": f"pair-{uuid.uuid4().hex}",
+        "CHAT_STOP_WAIT_SECONDS": "1.5",
     }
     return start_server("pair-one", **shared), start_server("pair-two", **shared)
 
