@@ -1,9 +1,10 @@
-"""What a request leaves for the moment it has been handled to the end, however it ended.
+"""What a request leaves for the moment it has been handled to the end.
 
 Django's ASGI handler drops a response that the client left before it was sent (a disconnect
 while a middleware or the first ``send`` is awaited): its body is never iterated, so an async
 generator's ``finally`` never runs. ``chatsite.asgi`` runs what was registered here once the
-request has been handled, whichever way it went.
+request has been handled, whether its response was sent, dropped or failed; not when handling
+itself is cancelled (a server shutting down), which each reply handles on its own.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import psycopg
@@ -80,11 +80,16 @@ async def fetchall(sql: str, params: Sequence) -> list[tuple]:
         raise _as_django_error(exc) from exc
 
 
-def execute_soon(sql: str, params: Sequence, *, purpose: str) -> None:
-    """Run a statement that no response waits for; a failure is logged with ``purpose``."""
+def execute_soon(
+    sql: str, params: Sequence, *, purpose: str, then: Callable[[], None] | None = None
+) -> None:
+    """Run a statement that no response waits for; a failure is logged with ``purpose``, and
+    ``then`` is called when it is over, however it went."""
     task = asyncio.get_running_loop().create_task(_execute_logged(sql, params, purpose))
     _unawaited.add(task)
     task.add_done_callback(_unawaited.discard)
+    if then is not None:
+        task.add_done_callback(lambda _: then())
 
 
 async def _execute_logged(sql: str, params: Sequence, purpose: str) -> None:

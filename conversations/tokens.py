@@ -59,10 +59,20 @@ async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
     # would build a connection object for each request's context on the event loop.
     rows = await asyncdb.fetchall(_owner_sql(), [now - LAST_USED_RESOLUTION, token_digest(raw)])
     owner, token_id, last_use_is_stale = _owner_from(rows[0] if rows else None)
-    if owner is not None and last_use_is_stale:
-        # The reply need not wait for this bookkeeping: it runs beside the request.
-        asyncdb.execute_soon(_last_used_sql(), [now, token_id], purpose="record a token's use")
+    if owner is not None and last_use_is_stale and token_id not in _last_use_being_recorded:
+        # The reply need not wait for this bookkeeping: it runs beside the request, once at a
+        # time per token (a burst of requests would otherwise queue an update each).
+        _last_use_being_recorded.add(token_id)
+        asyncdb.execute_soon(
+            _last_used_sql(),
+            [now, token_id],
+            purpose="record a token's use",
+            then=partial(_last_use_being_recorded.discard, token_id),
+        )
     return owner
+
+
+_last_use_being_recorded: set[int] = set()
 
 
 _api_token_authenticate_in_thread = sync_to_async(api_token_authenticate)

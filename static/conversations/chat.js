@@ -67,7 +67,7 @@ const conversationList = document.getElementById("conversation-list");
 
 let controller = null;
 let followOutput = true;
-let autoScrollTop = 0;
+let followedTop = 0;
 
 function announce(text) {
   statusRegion.textContent = text;
@@ -78,18 +78,34 @@ function nearBottom() {
   return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
 }
 
-// Any move up from where the page last put itself stops following at once, even a few pixels
-// (a smooth wheel scroll starts that small); reaching the bottom again resumes it.
+// Following a reply stops at any move up from the bottom, even a few pixels (a smooth wheel
+// scroll starts that small), and as soon as the user asks to scroll up, before the page moves;
+// reaching the bottom again resumes it.
 window.addEventListener("scroll", () => {
-  if (document.scrollingElement.scrollTop < autoScrollTop - 1) followOutput = false;
-  else if (nearBottom()) followOutput = true;
+  const top = document.scrollingElement.scrollTop;
+  if (top < followedTop - 1) {
+    followOutput = false;
+  } else if (nearBottom()) {
+    followOutput = true;
+    followedTop = top;
+  }
 }, { passive: true });
+
+window.addEventListener("wheel", (event) => {
+  if (event.deltaY < 0) followOutput = false;
+}, { passive: true });
+
+window.addEventListener("keydown", (event) => {
+  if (["ArrowUp", "PageUp", "Home"].includes(event.key) && event.target === document.body) {
+    followOutput = false;
+  }
+});
 
 function scrollToEnd() {
   if (!followOutput) return;
   const scroller = document.scrollingElement;
   scroller.scrollTop = scroller.scrollHeight;
-  autoScrollTop = scroller.scrollTop;
+  followedTop = scroller.scrollTop;
 }
 
 function messageNode(role, text) {
@@ -162,7 +178,12 @@ async function swapForSaved(article, convId, messageId) {
     const template = document.createElement("template");
     template.innerHTML = (await response.text()).trim();
     const saved = template.content.firstElementChild;
-    if (saved) article.replaceWith(saved);
+    // Not saved yet (the server has not seen the connection drop): keep the text received.
+    if (!saved || saved.dataset.status === "streaming") return;
+    article.replaceWith(saved);
+    // The saved copy can be shorter: the page moving up under it is not the user scrolling.
+    followedTop = Math.min(followedTop, document.scrollingElement.scrollTop);
+    scrollToEnd();
   } catch {
     // keep the streamed copy; a reload shows the saved one
   }
