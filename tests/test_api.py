@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import uuid
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -202,9 +203,24 @@ def two_processes(start_server, fake_upstream, redis_url):
     return start_server("pair-one", **shared), start_server("pair-two", **shared)
 
 
-def stream_in_background(server, token: str, message: str):
-    """Open a stream; its frames are read into the returned list by a thread, and a broken
-    connection is recorded there as the exception that broke it."""
+@dataclass
+class BackgroundStream:
+    """A reply streaming to a client whose frames a thread reads into ``frames`` (a broken
+    connection is recorded there as the exception that broke it)."""
+
+    response: httpx.Response
+    frames: list
+    reader: threading.Thread
+    client: httpx.Client
+
+    def finish(self) -> None:
+        self.reader.join(5)
+        self.client.close()
+
+
+def reply_streaming_in(server, fake_upstream, token: str, message: str) -> BackgroundStream:
+    """A long reply streaming from ``server``, five frames in."""
+    fake_upstream.script(message, tokens=[f"w{i} " for i in range(500)], interval=0.02)
     client = token_client(server, token)
     response = client.send(
         client.build_request("POST", "/api/chat/stream", json={"message": message}), stream=True
@@ -219,50 +235,45 @@ def stream_in_background(server, token: str, message: str):
 
     reader = threading.Thread(target=read)
     reader.start()
-    return response, frames, reader, client
+    wait_until(lambda: len(frames) >= 5)
+    return BackgroundStream(response, frames, reader, client)
 
 
 def test_cancel_reaches_a_reply_streaming_in_another_server_process(
     two_processes, user, fake_upstream
 ):
     one, two = two_processes
-    fake_upstream.script("stop across", tokens=[f"a{i} " for i in range(500)], interval=0.02)
     token = create_token("alice")
-    response, frames, reader, client = stream_in_background(one, token, "stop across")
-    message_id = int(response.headers["x-message-id"])
-    wait_until(lambda: len(frames) >= 5)
+    stream = reply_streaming_in(one, fake_upstream, token, "stop across")
+    message_id = int(stream.response.headers["x-message-id"])
 
     with token_client(two, token) as api:
         cancelled = api.post(f"/api/messages/{message_id}/cancel")
-    reader.join(5)
-    client.close()
+    stream.finish()
 
     assert cancelled.status_code == 200
     assert cancelled.json() == {"id": message_id, "status": "cancelled"}
-    assert content_frames(frames)[-1].json()["done"] is True
+    assert content_frames(stream.frames)[-1].json()["done"] is True
     assert wait_until(lambda: fake_upstream.requests_for("stop across")[-1].aborted)
     saved = Message.objects.get(pk=message_id)
     assert saved.status == "cancelled"
-    assert saved.content.startswith("a0 a1 a2 a3 ")
+    assert saved.content.startswith("w0 w1 w2 w3 ")
 
 
 def test_deleting_a_conversation_stops_its_reply_in_another_server_process(
     two_processes, user, fake_upstream
 ):
     one, two = two_processes
-    fake_upstream.script("delete across", tokens=[f"b{i} " for i in range(500)], interval=0.02)
     token = create_token("alice")
-    response, frames, reader, client = stream_in_background(one, token, "delete across")
-    conversation_id = int(response.headers["x-conversation-id"])
-    wait_until(lambda: len(frames) >= 5)
+    stream = reply_streaming_in(one, fake_upstream, token, "delete across")
+    conversation_id = int(stream.response.headers["x-conversation-id"])
 
     with token_client(two, token) as api:
         deleted = api.delete(f"/api/conversations/{conversation_id}")
-    reader.join(5)
-    client.close()
+    stream.finish()
 
     assert deleted.status_code == 204
-    assert not reader.is_alive()
+    assert not stream.reader.is_alive()
     assert wait_until(lambda: fake_upstream.requests_for("delete across")[-1].aborted)
     assert not Conversation.objects.filter(pk=conversation_id).exists()
 
@@ -271,15 +282,12 @@ def test_cancel_answers_409_when_the_process_holding_the_reply_is_gone(
     two_processes, user, fake_upstream
 ):
     one, two = two_processes
-    fake_upstream.script("orphaned", tokens=[f"c{i} " for i in range(500)], interval=0.02)
     token = create_token("alice")
-    response, frames, reader, client = stream_in_background(one, token, "orphaned")
-    message_id = int(response.headers["x-message-id"])
-    wait_until(lambda: len(frames) >= 5)
+    stream = reply_streaming_in(one, fake_upstream, token, "orphaned")
+    message_id = int(stream.response.headers["x-message-id"])
     one.process.kill()
-    reader.join(5)
-    client.close()
-    assert isinstance(frames[-1], httpx.TransportError)
+    stream.finish()
+    assert isinstance(stream.frames[-1], httpx.TransportError)
 
     with token_client(two, token) as api:
         refused = api.post(f"/api/messages/{message_id}/cancel")
