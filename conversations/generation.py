@@ -198,8 +198,11 @@ class Generation:
                     timer.cancel()
             try:
                 if await self._saved:
-                    RUNNING.pop(self.message_id, None)
-                    await self._finalize(finished, outcome, parts, started, first_token_at)
+                    try:
+                        await self._finalize(finished, outcome, parts, started, first_token_at)
+                    finally:
+                        # Only now: a stop asked for meanwhile waits for this save.
+                        RUNNING.pop(self.message_id, None)
             except Exception:
                 logger.exception("reply %s could not be saved", self.message_id)
                 finished = NOT_SAVED

@@ -203,8 +203,7 @@ def openapi_document() -> dict:
                         "404": _error("Unknown message, or someone else's."),
                         "409": _error(
                             "No server process stopped the reply within "
-                            "`CHAT_STOP_WAIT_SECONDS` (the one producing it has stopped "
-                            "running, or the reply was being saved)."
+                            "`CHAT_STOP_WAIT_SECONDS`: the one producing it has stopped running."
                         ),
                         "503": STOP_UNAVAILABLE,
                         **COMMON_ERRORS,

@@ -135,14 +135,14 @@ async def message_cancel(request: HttpRequest, message_id: int) -> HttpResponse:
     """Stop a reply that is still streaming; its partial text is saved as ``cancelled``."""
     message = await message_aget_owned(request.api_user, message_id)
     if message.status == Message.Status.STREAMING:
-        if not await reply_astop(message.pk):
+        stopped = await reply_astop(message.pk)
+        await message.arefresh_from_db()
+        if not stopped and message.status == Message.Status.STREAMING:
             raise ApiError(
                 409,
                 "not_cancellable_here",
-                "No server process stopped this reply: the one producing it has stopped "
-                "running, or the reply was being saved. Read it again for its status.",
+                "No server process stopped this reply: the one producing it has stopped running.",
             )
-        await message.arefresh_from_db()
     return JsonResponse({"id": message.pk, "status": message.status})
 
 
