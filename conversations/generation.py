@@ -22,6 +22,7 @@ from .providers import ChatMessage, ChatProvider, ProviderError, StreamOutcome, 
 from .services import (
     ChatRequest,
     OpenedReply,
+    message_acheckpoint,
     message_aclose_abandoned,
     message_afinalize,
     new_conversation_prompt,
@@ -61,13 +62,23 @@ NOT_SAVED = Finished(Message.Status.ERROR, "save_failed", "The reply could not b
 
 class Generation:
     def __init__(
-        self, *, provider: ChatProvider, keepalive_seconds: float, max_seconds: float
+        self,
+        *,
+        provider: ChatProvider,
+        keepalive_seconds: float,
+        max_seconds: float,
+        checkpoint_seconds: float = 0.0,
     ) -> None:
         self.provider = provider
         self.conversation_id: int | None = None
         self.message_id: int | None = None
         self.keepalive_seconds = keepalive_seconds
         self.max_seconds = max_seconds
+        self.checkpoint_seconds = checkpoint_seconds
+        self._parts: list[str] = []
+        self._checkpointed = 0
+        self._checkpoint: asyncio.TimerHandle | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
         self._items: list[str | Finished] = []
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +99,8 @@ class Generation:
         self._deadline = loop.call_later(self.max_seconds, self.stop, "timeout")
         if self.keepalive_seconds > 0:
             self._keepalive = loop.call_later(self.keepalive_seconds, self._keepalive_tick)
+        if self.checkpoint_seconds > 0:
+            self._checkpoint = loop.call_later(self.checkpoint_seconds, self._checkpoint_tick)
 
     async def take(self) -> list[str | Finished]:
         """All items produced since the last call; an empty list means: send a keep-alive."""
@@ -168,11 +181,23 @@ class Generation:
             idle = 0.0
         self._keepalive = loop.call_later(self.keepalive_seconds - idle, self._keepalive_tick)
 
+    def _checkpoint_tick(self) -> None:
+        """Save the text so far, if it grew, while the reply goes on: a process that dies
+        mid-reply then leaves it behind for ``interrupt_stale_replies``."""
+        loop = asyncio.get_running_loop()
+        grew = len(self._parts) > self._checkpointed
+        idle = self._checkpointing is None or self._checkpointing.done()
+        if self.message_id is not None and grew and idle and not self._finalising:
+            self._checkpointed = len(self._parts)
+            save = message_acheckpoint(message_id=self.message_id, content="".join(self._parts))
+            self._checkpointing = loop.create_task(save, context=contextvars.Context())
+        self._checkpoint = loop.call_later(self.checkpoint_seconds, self._checkpoint_tick)
+
     async def _produce(self, prompt: Sequence[ChatMessage]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         first_token_at: float | None = None
-        parts: list[str] = []
+        parts = self._parts
         outcome = StreamOutcome()
         finished = Finished(Message.Status.COMPLETE)
         try:
@@ -193,7 +218,7 @@ class Generation:
             finished = INTERNAL_ERROR
         finally:
             self._finalising = True
-            for timer in (self._deadline, self._keepalive, self._cancel_retry):
+            for timer in (self._deadline, self._keepalive, self._cancel_retry, self._checkpoint):
                 if timer is not None:
                     timer.cancel()
             try:
@@ -256,6 +281,7 @@ async def generation_aopen(*, user: AbstractBaseUser, chat_request: ChatRequest)
         provider=provider,
         keepalive_seconds=settings.CHAT_KEEPALIVE_SECONDS,
         max_seconds=settings.CHAT_STREAM_MAX_SECONDS,
+        checkpoint_seconds=settings.CHAT_CHECKPOINT_SECONDS,
     )
     options = {
         "user": user,

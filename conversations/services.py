@@ -307,6 +307,22 @@ def message_close_abandoned(*, message_id: int, conversation_id: int) -> bool:
 message_aclose_abandoned = sync_to_async(message_close_abandoned, thread_sensitive=False)
 
 
+def message_checkpoint(*, message_id: int, content: str) -> None:
+    """Save a streaming reply's text so far; a reply already closed is left as it is. A
+    failure is only logged: the reply goes on, and its final save is what counts."""
+    try:
+        statements.update_rows(
+            Message, {"content": content}, {"id": message_id, "status": Message.Status.STREAMING}
+        )
+    except DatabaseError:
+        logger.warning("reply %s: its text so far could not be saved", message_id, exc_info=True)
+    finally:
+        connection.close()
+
+
+message_acheckpoint = sync_to_async(message_checkpoint, thread_sensitive=False)
+
+
 def messages_interrupt_stale(*, older_than: timedelta) -> int:
     """Mark replies left ``streaming`` by a process that died as ``interrupted``."""
     cutoff = timezone.now() - older_than

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import signal
 import time
 from contextlib import contextmanager
 
 import httpx
 import pytest
+from django.core.management import call_command
 from django.db import connection, transaction
 
 from conversations.models import Conversation, Message
+from conversations.services import message_checkpoint
 from tests.conftest import UPSTREAM_KEY, free_port, session_client
 from tests.sse import content_frames, iter_frames, parse_body
 from tests.test_stream_persistence import wait_for_status
@@ -314,6 +318,59 @@ def test_reply_in_flight_when_the_server_is_stopped_is_saved_as_interrupted(
     assert reply.error_code == "interrupted"
     assert reply.content.startswith("w0 ")
     assert "".join(LONG_REPLY).startswith(reply.content)
+
+
+def test_reply_of_a_killed_server_keeps_the_text_of_its_last_checkpoint(
+    start_server, make_user, fake_upstream
+):
+    server = start_server(
+        "killed",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_CHECKPOINT_SECONDS="0.2",
+    )
+    fake_upstream.script("kill the server", tokens=LONG_REPLY, interval=0.02)
+
+    with session_client(server.url, make_user("finn")) as client:
+        request = client.build_request(
+            "POST", "/api/chat/stream", json={"message": "kill the server"}
+        )
+        response = client.send(request, stream=True)
+        message_id = int(response.headers["x-message-id"])
+        frames = iter_frames(response)  # kept: dropping it would close the response
+        tokens = (frame.json()["token"] for frame in frames if not frame.is_comment)
+        received = "".join(itertools.islice(tokens, 30))
+        assert wait_until(lambda: Message.objects.get(pk=message_id).content.startswith(received))
+        server.process.kill()
+        server.process.wait(10)
+        response.close()
+
+    saved = Message.objects.get(pk=message_id)
+    assert saved.status == "streaming"
+    assert saved.content.startswith(received)
+    assert "".join(LONG_REPLY).startswith(saved.content)
+    call_command("interrupt_stale_replies", older_than=0, stdout=io.StringIO())
+    interrupted = Message.objects.get(pk=message_id)
+    assert interrupted.status == "interrupted"
+    assert interrupted.content == saved.content
+
+
+def test_a_checkpoint_never_overwrites_a_finished_reply(make_user):
+    conversation = Conversation.objects.create(owner=make_user("gail"))
+    streaming, finished = (
+        Message.objects.create(
+            conversation=conversation, role="assistant", status=status, content="old"
+        )
+        for status in (Message.Status.STREAMING, Message.Status.COMPLETE)
+    )
+
+    for reply in (streaming, finished):
+        message_checkpoint(message_id=reply.pk, content="old and new")
+
+    streaming.refresh_from_db()
+    finished.refresh_from_db()
+    assert (streaming.content, streaming.status) == ("old and new", "streaming")
+    assert (finished.content, finished.status) == ("old", "complete")
 
 
 BAD_POSTS = [
