@@ -8,8 +8,10 @@ the event loop with the asyncio Redis client: one round trip each, no worker thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
+import logging
 import math
 import os
 import re
@@ -22,8 +24,11 @@ from functools import cache
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
+from redis.exceptions import RedisError
 
 from .errors import ApiError
+
+logger = logging.getLogger(__name__)
 
 
 @cache
@@ -126,7 +131,8 @@ class RedisRequestCounter(RequestCounter):
     async def hit(self, key: str) -> tuple[int, float]:
         window, seconds_left = self.rate.window(time.time())
         counter = f"{self.prefix}:requests:{key}:{window}"
-        count = await self._count(keys=[counter], args=[self.rate.period + 1])
+        with redis_failures_as_503():
+            count = await self._count(keys=[counter], args=[self.rate.period + 1])
         return int(count), seconds_left
 
 
@@ -298,20 +304,41 @@ class RedisStreamSlots(StreamSlots):
         member = f"{os.getpid()}:{uuid.uuid4().hex}"
         slots_key, queue_key = self._keys(owner)
         deadline = time.monotonic() + self.wait_seconds
-        try:
-            while (result := await self._try(owner, member)) == 0:
-                if time.monotonic() >= deadline:
-                    raise streams_busy(self.retry_after, "no slot freed in time")
-                await asyncio.sleep(self.poll_seconds)
-        except BaseException:
-            await asyncio.shield(self.redis.zrem(queue_key, member))
-            raise
+        with redis_failures_as_503():
+            try:
+                while (result := await self._try(owner, member)) == 0:
+                    if time.monotonic() >= deadline:
+                        raise streams_busy(self.retry_after, "no slot freed in time")
+                    await asyncio.sleep(self.poll_seconds)
+            except BaseException:
+                with contextlib.suppress(RedisError, OSError):
+                    await asyncio.shield(self.redis.zrem(queue_key, member))
+                raise
         if result < 0:
             raise streams_busy(self.retry_after, "the queue is full")
         return Slot(owner, member, self)
 
     async def release(self, slot: Slot) -> None:
-        await asyncio.shield(self.redis.zrem(self._keys(slot.owner)[0], slot.token))
+        try:
+            await asyncio.shield(self.redis.zrem(self._keys(slot.owner)[0], slot.token))
+        except (RedisError, OSError):
+            logger.warning("a stream slot could not be given back; it expires", exc_info=True)
+
+
+@contextlib.contextmanager
+def redis_failures_as_503():
+    """Redis unreachable: the limits cannot be checked, so the request is refused with 503
+    (logged for operators), not failed with a 500."""
+    try:
+        yield
+    except (RedisError, OSError) as error:
+        logger.error("the limits cannot be checked: Redis failed", exc_info=True)
+        raise ApiError(
+            503,
+            "limits_unavailable",
+            "The service cannot check its limits right now; try again shortly.",
+            headers={"Retry-After": "5"},
+        ) from error
 
 
 @cache

@@ -16,13 +16,15 @@ def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
 
-STOP_UNAVAILABLE = _error(
-    "Redis could not be reached to stop a reply in another server process (`Retry-After`)."
-)
 COMMON_ERRORS = {
     "401": _error("Missing, bad or revoked credentials (with `WWW-Authenticate: Bearer`)."),
     "429": _error("Over the rate limit (`Retry-After` gives the seconds to wait)."),
+    "503": _error("Redis is unreachable, so the limits cannot be checked (`Retry-After`)."),
 }
+STOP_UNAVAILABLE = _error(
+    "Redis is unreachable: the limits cannot be checked (`limits_unavailable`), or a reply in "
+    "another server process cannot be asked to stop (`stop_unavailable`); `Retry-After`."
+)
 
 SSE_DESCRIPTION = (
     "Server-Sent Events. Token frames, then a final frame; `: ping` comments every "
@@ -168,8 +170,8 @@ def openapi_document() -> dict:
                         "204": {"description": "Deleted."},
                         "403": _error("CSRF check failed (session requests)."),
                         "404": _error("Unknown conversation, or someone else's."),
-                        "503": STOP_UNAVAILABLE,
                         **COMMON_ERRORS,
+                        "503": STOP_UNAVAILABLE,
                     },
                 },
             },
@@ -205,8 +207,8 @@ def openapi_document() -> dict:
                             "No server process stopped the reply within "
                             "`CHAT_STOP_WAIT_SECONDS`: the one producing it has stopped running."
                         ),
-                        "503": STOP_UNAVAILABLE,
                         **COMMON_ERRORS,
+                        "503": STOP_UNAVAILABLE,
                     },
                 },
             },

@@ -14,7 +14,7 @@ import redis.asyncio
 from conversations.errors import ApiError
 from conversations.limits import Rate, RedisStreamSlots
 from conversations.models import Message
-from tests.conftest import session_client
+from tests.conftest import free_port, session_client
 from tests.loops import run_in_new_loop
 from tests.sse import iter_frames
 from tests.test_stream_failures import wait_until
@@ -280,3 +280,26 @@ def test_a_slot_held_by_a_worker_that_died_expires(redis_url):
         return refused, after_ttl.owner
 
     assert run_in_new_loop(hold_then_try_again()) == (429, "user:1")
+
+
+def test_limits_that_cannot_reach_redis_refuse_with_503_not_500(
+    start_server, make_user, fake_upstream, transactional_db
+):
+    server = start_server(
+        "redis-gone",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+    )
+
+    with session_client(server.url, make_user("hal")) as client:
+        listing = client.get("/api/conversations")
+        stream = client.post("/api/chat/stream", json={"message": "no redis"})
+
+    for response in (listing, stream):
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "limits_unavailable"
+        assert response.headers["retry-after"] == "5"
+    assert fake_upstream.requests_for("no redis") == []
+    assert "the limits cannot be checked: Redis failed" in server.log()
+    assert "Connection refused" in server.log()
