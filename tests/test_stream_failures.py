@@ -292,6 +292,14 @@ def test_reply_that_cannot_be_saved_ends_with_an_error_frame(
     Message.objects.filter(pk=message_id).update(status="error")
 
 
+def open_stream(client: httpx.Client, message: str):
+    """A POST stream left open: its response, the reply's message id and its frames (keep
+    them: dropping the iterator would close the response)."""
+    request = client.build_request("POST", "/api/chat/stream", json={"message": message})
+    response = client.send(request, stream=True)
+    return response, int(response.headers["x-message-id"]), iter_frames(response)
+
+
 def test_reply_in_flight_when_the_server_is_stopped_is_saved_as_interrupted(
     start_server, make_user, fake_upstream
 ):
@@ -299,12 +307,7 @@ def test_reply_in_flight_when_the_server_is_stopped_is_saved_as_interrupted(
     fake_upstream.script("stop the server", tokens=LONG_REPLY, interval=0.05)
 
     with session_client(server.url, make_user("erin")) as client:
-        request = client.build_request(
-            "POST", "/api/chat/stream", json={"message": "stop the server"}
-        )
-        response = client.send(request, stream=True)
-        message_id = int(response.headers["x-message-id"])
-        frames = iter_frames(response)  # kept: dropping it would close the response
+        response, message_id, frames = open_stream(client, "stop the server")
         next(frame for frame in frames if not frame.is_comment)
         # Ctrl-C twice: the second one stops uvicorn without waiting for open streams.
         server.process.send_signal(signal.SIGINT)
@@ -332,12 +335,7 @@ def test_reply_of_a_killed_server_keeps_the_text_of_its_last_checkpoint(
     fake_upstream.script("kill the server", tokens=LONG_REPLY, interval=0.02)
 
     with session_client(server.url, make_user("finn")) as client:
-        request = client.build_request(
-            "POST", "/api/chat/stream", json={"message": "kill the server"}
-        )
-        response = client.send(request, stream=True)
-        message_id = int(response.headers["x-message-id"])
-        frames = iter_frames(response)  # kept: dropping it would close the response
+        response, message_id, frames = open_stream(client, "kill the server")
         tokens = (frame.json()["token"] for frame in frames if not frame.is_comment)
         received = "".join(itertools.islice(tokens, 30))
         assert wait_until(lambda: Message.objects.get(pk=message_id).content.startswith(received))
