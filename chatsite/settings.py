@@ -214,6 +214,8 @@ CHAT_KEEPALIVE_SECONDS = env_number("CHAT_KEEPALIVE_SECONDS", 15.0, float)
 CHAT_STREAM_MAX_SECONDS = env_number("CHAT_STREAM_MAX_SECONDS", 600.0, float)
 # A streaming reply's text so far is saved this often (0: only when it ends).
 CHAT_CHECKPOINT_SECONDS = env_number("CHAT_CHECKPOINT_SECONDS", 10.0, float)
+# A reply past this many characters is stopped and saved as an error (reply_too_long).
+CHAT_MAX_REPLY_CHARS = env_number("CHAT_MAX_REPLY_CHARS", 200_000)
 CHAT_MAX_BODY_BYTES = env_number("CHAT_MAX_BODY_BYTES", 256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CHAT_MAX_BODY_BYTES
 CHAT_MAX_MESSAGE_CHARS = env_number("CHAT_MAX_MESSAGE_CHARS", 32_000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -59,6 +60,25 @@ INTERNAL_ERROR = Finished(
 )
 NOT_SAVED = Finished(Message.Status.ERROR, "save_failed", "The reply could not be saved.")
 
+UNSAVABLE = re.compile(r"[\x00\ud800-\udfff]")
+"""What no database here can store: NUL (PostgreSQL) and lone surrogates (any UTF-8 column)."""
+
+
+def savable(text: str) -> str:
+    """``text`` with what the database cannot store replaced by U+FFFD, so that what a client
+    is sent is exactly what is saved."""
+    if UNSAVABLE.search(text) is None:
+        return text
+    return UNSAVABLE.sub("\ufffd", text)
+
+
+def too_long(max_chars: int) -> Finished:
+    return Finished(
+        Message.Status.ERROR,
+        "reply_too_long",
+        f"The reply passed the limit of {max_chars} characters and was stopped.",
+    )
+
 
 class Generation:
     def __init__(
@@ -68,8 +88,10 @@ class Generation:
         keepalive_seconds: float,
         max_seconds: float,
         checkpoint_seconds: float = 0.0,
+        max_chars: int = 200_000,
     ) -> None:
         self.provider = provider
+        self.max_chars = max_chars
         self.conversation_id: int | None = None
         self.message_id: int | None = None
         self.keepalive_seconds = keepalive_seconds
@@ -198,6 +220,7 @@ class Generation:
         started = loop.time()
         first_token_at: float | None = None
         parts = self._parts
+        room = self.max_chars
         outcome = StreamOutcome()
         finished = Finished(Message.Status.COMPLETE)
         try:
@@ -205,6 +228,16 @@ class Generation:
                 async for delta in deltas:
                     if first_token_at is None:
                         first_token_at = loop.time()
+                    delta = savable(delta)
+                    room -= len(delta)
+                    if room < 0:
+                        # Closing the provider's stream closes the upstream request.
+                        finished = too_long(self.max_chars)
+                        delta = delta[:room]
+                        if delta:
+                            parts.append(delta)
+                            self._put(delta)
+                        break
                     parts.append(delta)
                     self._put(delta)
         except ProviderError as exc:
@@ -282,6 +315,7 @@ async def generation_aopen(*, user: AbstractBaseUser, chat_request: ChatRequest)
         keepalive_seconds=settings.CHAT_KEEPALIVE_SECONDS,
         max_seconds=settings.CHAT_STREAM_MAX_SECONDS,
         checkpoint_seconds=settings.CHAT_CHECKPOINT_SECONDS,
+        max_chars=settings.CHAT_MAX_REPLY_CHARS,
     )
     options = {
         "user": user,

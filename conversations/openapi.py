@@ -27,7 +27,8 @@ STOP_UNAVAILABLE = _error(
 )
 
 SSE_DESCRIPTION = (
-    "Server-Sent Events. Token frames, then a final frame; `: ping` comments every "
+    "Server-Sent Events. Token frames, then a final frame (on POST it says how the reply "
+    "ended: `status` is `complete` or `cancelled`); `: ping` comments every "
     "CHAT_KEEPALIVE_SECONDS while idle. A failure after the stream started ends it with "
     '`event: error` and `data: {"code": "...", "message": "..."}`. Headers: '
     "`Cache-Control: no-cache`, `X-Accel-Buffering: no`, `X-Conversation-Id`, `X-Message-Id`."
@@ -122,7 +123,7 @@ def openapi_document() -> dict:
                         "200": _stream_response(
                             'data: {"token": "Hello", "done": false}\n\n'
                             'data: {"token": "", "done": true, "conversation_id": 1, '
-                            '"message_id": 2}\n\n'
+                            '"message_id": 2, "status": "complete"}\n\n'
                         ),
                         **STREAM_ERRORS,
                         "413": _error(f"Body larger than {limits['body_bytes']} bytes."),

@@ -53,6 +53,7 @@ class JsonFramer:
                 "done": True,
                 "conversation_id": generation.conversation_id,
                 "message_id": generation.message_id,
+                "status": finished.status,
             }
         )
 

@@ -180,7 +180,7 @@ def test_cancel_stops_a_reply_streaming_to_another_request(server, client, user,
     assert cancelled.status_code == 200
     assert cancelled.json() == {"id": message_id, "status": "cancelled"}
     data = content_frames(frames)
-    assert data[-1].json()["done"] is True
+    assert (data[-1].json()["done"], data[-1].json()["status"]) == (True, "cancelled")
     assert len(data) < 500
     assert wait_until(lambda: fake_upstream.requests_for("stop from elsewhere")[-1].aborted)
     saved = Message.objects.get(pk=message_id)
@@ -253,7 +253,8 @@ def test_cancel_reaches_a_reply_streaming_in_another_server_process(
 
     assert cancelled.status_code == 200
     assert cancelled.json() == {"id": message_id, "status": "cancelled"}
-    assert content_frames(stream.frames)[-1].json()["done"] is True
+    final = content_frames(stream.frames)[-1].json()
+    assert (final["done"], final["status"]) == (True, "cancelled")
     assert wait_until(lambda: fake_upstream.requests_for("stop across")[-1].aborted)
     saved = Message.objects.get(pk=message_id)
     assert saved.status == "cancelled"

@@ -30,7 +30,13 @@ def test_post_stream_has_sse_headers_and_exact_json_frames(client, fake_upstream
         for t in TRICKY_TOKENS
         if t
     )
-    done = {"token": "", "done": True, "conversation_id": conversation_id, "message_id": message_id}
+    done = {
+        "token": "",
+        "done": True,
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "status": "complete",
+    }
     expected += b"data: " + json.dumps(done).encode() + b"\n\n"
     assert without_pings(response.content) == expected
 

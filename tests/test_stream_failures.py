@@ -238,6 +238,30 @@ def test_reply_over_the_time_limit_is_stopped_and_saved(start_server, make_user,
     assert wait_until(lambda: fake_upstream.requests_for("never ending")[-1].aborted)
 
 
+def test_reply_over_the_size_limit_is_stopped_and_saved_with_its_text(
+    start_server, make_user, fake_upstream
+):
+    server = start_server(
+        "size-limit",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_MAX_REPLY_CHARS="50",
+    )
+    fake_upstream.script("too long", tokens=LONG_REPLY, interval=0.01)
+    with session_client(server.url, make_user("dora")) as client:
+        response = client.post("/api/chat/stream", json={"message": "too long"})
+
+    frames = content_frames(list(parse_body(response.content)))
+    received = "".join(frame.json()["token"] for frame in frames[:-1])
+    assert received == "".join(LONG_REPLY)[:50]
+    assert frames[-1].event == "error"
+    assert frames[-1].json()["code"] == "reply_too_long"
+    assert "50 characters" in frames[-1].json()["message"]
+    assert wait_until(lambda: fake_upstream.requests_for("too long")[-1].aborted)
+    reply = wait_for_status(int(response.headers["x-message-id"]))
+    assert (reply.status, reply.error_code, reply.content) == ("error", "reply_too_long", received)
+
+
 @contextmanager
 def final_saves_refused(marker: str):
     """The database refuses to close any reply whose text contains ``marker``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from conversations.models import Conversation, Message
-from tests.sse import iter_frames
+from tests.sse import iter_frames, parse_body
 
 
 def wait_for_status(message_id: int, timeout: float = 5.0) -> Message:
@@ -146,3 +146,20 @@ def test_nobody_can_stream_into_another_users_conversation(client_for, make_user
         assert response.json()["error"]["code"] == "conversation_not_found"
     assert fake_upstream.requests_for("bob intrudes") == []
     assert Message.objects.filter(conversation_id=conversation_id).count() == 2
+
+
+def test_model_text_the_database_cannot_store_is_replaced_and_the_reply_saved(
+    client, fake_upstream
+):
+    """NUL (PostgreSQL refuses it) and lone surrogates (no UTF-8 column takes them) become
+    U+FFFD before the client sees them, so what it is sent is what is saved."""
+    fake_upstream.script("unsavable", tokens=["a\x00b", " \ud800x", " \udfff", " ok"])
+
+    response = client.post("/api/chat/stream", json={"message": "unsavable"})
+
+    frames = [frame.json() for frame in parse_body(response.content) if not frame.is_comment]
+    tokens = [frame["token"] for frame in frames[:-1]]
+    assert tokens == ["a\ufffdb", " \ufffdx", " \ufffd", " ok"]
+    assert (frames[-1]["done"], frames[-1]["status"]) == (True, "complete")
+    reply = wait_for_status(int(response.headers["x-message-id"]))
+    assert (reply.status, reply.content) == ("complete", "".join(tokens))
