@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import re
 from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from .services import (
     reply_aopen,
 )
 from .stops import listen_for_stops, reply_astop_elsewhere
+from .storable import storable
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +59,6 @@ INTERNAL_ERROR = Finished(
     Message.Status.ERROR, "internal_error", "The reply failed because of an error on the server."
 )
 NOT_SAVED = Finished(Message.Status.ERROR, "save_failed", "The reply could not be saved.")
-
-UNSAVABLE = re.compile(r"[\x00\ud800-\udfff]")
-"""What no database here can store: NUL (PostgreSQL) and lone surrogates (any UTF-8 column)."""
-
-
-def savable(text: str) -> str:
-    """``text`` with what the database cannot store replaced by U+FFFD, so that what a client
-    is sent is exactly what is saved."""
-    if UNSAVABLE.search(text) is None:
-        return text
-    return UNSAVABLE.sub("\ufffd", text)
 
 
 def too_long(max_chars: int) -> Finished:
@@ -228,7 +217,9 @@ class Generation:
                 async for delta in deltas:
                     if first_token_at is None:
                         first_token_at = loop.time()
-                    delta = savable(delta)
+                    # What the database cannot store is replaced before the client sees
+                    # it, so what is sent is what is saved.
+                    delta = storable(delta)
                     room -= len(delta)
                     if room < 0:
                         # Closing the provider's stream closes the upstream request.

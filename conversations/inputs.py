@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 from django.conf import settings
@@ -12,8 +13,16 @@ from django.http.request import RawPostDataException
 
 from .errors import ApiError
 from .services import ChatRequest
+from .storable import is_storable
 
 HISTORY_ROLES = {"user", "assistant"}
+
+MAX_ID = 2**63 - 1
+"""The largest id a database row can have (a signed 64-bit integer)."""
+MAX_PAGE = 1_000_000
+ASCII_INTEGER = re.compile(r"[0-9]{1,19}")
+MAX_JSON_DEPTH = 3
+"""The request body's deepest nesting: an object holding ``history``, a list of objects."""
 
 
 def bad_request(message: str, code: str = "invalid_request") -> ApiError:
@@ -27,17 +36,34 @@ def check_length(value: str, limit: int, field: str) -> None:
         )
 
 
+def check_storable(value: str, field: str) -> None:
+    """Refuse text no database column can store, naming the field (rather than replacing it:
+    a client that sent it should know)."""
+    if not is_storable(value):
+        raise bad_request(
+            f"'{field}' contains a NUL character or an unpaired surrogate, which cannot be stored.",
+            "invalid_text",
+        )
+
+
+def positive_integer(raw: str, field: str, *, maximum: int = MAX_ID) -> int:
+    """A decimal integer from 1 to ``maximum`` written in ASCII digits (``isdigit`` accepts
+    other digits too, such as ``²``, which ``int`` refuses), or a 400 naming the field."""
+    if ASCII_INTEGER.fullmatch(raw) is None or not 1 <= int(raw) <= maximum:
+        raise bad_request(f"'{field}' must be an integer from 1 to {maximum}.")
+    return int(raw)
+
+
 def chat_request_from_query(query: QueryDict) -> ChatRequest:
     message = query.get("message", "")
     if not message.strip():
         raise bad_request("The 'message' query parameter is required.", "missing_message")
     check_length(message, settings.CHAT_MAX_MESSAGE_CHARS, "message")
+    check_storable(message, "message")
     raw_id = query.get("conversation_id")
     conversation_id = None
     if raw_id not in (None, ""):
-        if not raw_id.isdigit():
-            raise bad_request("'conversation_id' must be a positive integer.")
-        conversation_id = int(raw_id)
+        conversation_id = positive_integer(raw_id, "conversation_id")
     return ChatRequest(message=message, conversation_id=conversation_id)
 
 
@@ -52,9 +78,29 @@ def json_body(request: HttpRequest, *, max_bytes: int) -> object:
     if body is None or len(body) > max_bytes:
         raise ApiError(413, "body_too_large", f"The request body is larger than {max_bytes} bytes.")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        payload = json.loads(body)
+    except RecursionError:
+        payload = None
+    except ValueError:  # not UTF-8, not JSON, or an integer of more than 4,300 digits
         raise bad_request("The body is not valid JSON.", "malformed_json") from None
+    if payload is None or too_deep(payload, MAX_JSON_DEPTH):
+        raise bad_request(
+            f"The body nests deeper than the {MAX_JSON_DEPTH} levels its fields need.", "too_deep"
+        )
+    return payload
+
+
+def too_deep(value: object, depth: int) -> bool:
+    """Whether ``value`` has lists or objects nested more than ``depth`` levels."""
+    if isinstance(value, dict):
+        children = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if depth == 0:
+        return True
+    return any(too_deep(child, depth - 1) for child in children)
 
 
 def chat_request_from_json(payload: object) -> ChatRequest:
@@ -66,18 +112,20 @@ def chat_request_from_json(payload: object) -> ChatRequest:
     if not isinstance(message, str):
         raise bad_request("'message' must be a string.")
     check_length(message, settings.CHAT_MAX_MESSAGE_CHARS, "message")
+    check_storable(message, "message")
     system_prompt = payload.get("system_prompt", payload.get("systemPrompt"))
     if system_prompt is not None and not isinstance(system_prompt, str):
         raise bad_request("'system_prompt' must be a string.")
     if system_prompt is not None:
         check_length(system_prompt, settings.CHAT_MAX_SYSTEM_PROMPT_CHARS, "system_prompt")
+        check_storable(system_prompt, "system_prompt")
     conversation_id = payload.get("conversation_id")
     if conversation_id is not None and (
         isinstance(conversation_id, bool)
         or not isinstance(conversation_id, int)
-        or conversation_id < 1
+        or not 1 <= conversation_id <= MAX_ID
     ):
-        raise bad_request("'conversation_id' must be a positive integer.")
+        raise bad_request(f"'conversation_id' must be an integer from 1 to {MAX_ID}.")
     return ChatRequest(
         message=message,
         conversation_id=conversation_id,
@@ -111,17 +159,15 @@ def history_from_json(history: object) -> list:
                 f"{settings.CHAT_MAX_HISTORY_ITEM_CHARS} characters.",
                 "history_item_too_long",
             )
+        check_storable(content, f"history[{index}].content")
         items.append({"role": role, "content": content})
     return items
 
 
 def pagination_from_query(query: QueryDict, *, max_page_size: int = 100) -> tuple[int, int]:
-    def positive(name: str, default: int) -> int:
-        raw = query.get(name, "")
-        if raw == "":
-            return default
-        if not raw.isdigit() or int(raw) < 1:
-            raise bad_request(f"'{name}' must be a positive integer.")
-        return int(raw)
-
-    return positive("page", 1), min(positive("page_size", 20), max_page_size)
+    page = query.get("page", "")
+    page_size = query.get("page_size", "")
+    return (
+        positive_integer(page, "page", maximum=MAX_PAGE) if page else 1,
+        min(positive_integer(page_size, "page_size"), max_page_size) if page_size else 20,
+    )

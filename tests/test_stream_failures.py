@@ -450,6 +450,56 @@ BAD_POSTS = [
         404,
         "conversation_not_found",
     ),
+    ("message with NUL", b'{"message": "a\\u0000b"}', "application/json", 400, "invalid_text"),
+    (
+        "message with a lone surrogate",
+        b'{"message": "a\\ud800b"}',
+        "application/json",
+        400,
+        "invalid_text",
+    ),
+    (
+        "system prompt with a lone surrogate",
+        b'{"message": "x", "system_prompt": "\\udfff"}',
+        "application/json",
+        400,
+        "invalid_text",
+    ),
+    (
+        "history content with NUL",
+        b'{"message": "x", "history": [{"role": "user", "content": "\\u0000"}]}',
+        "application/json",
+        400,
+        "invalid_text",
+    ),
+    (
+        "conversation id past 64 bits",
+        b'{"message": "x", "conversation_id": 9223372036854775808}',
+        "application/json",
+        400,
+        "invalid_request",
+    ),
+    (
+        "conversation id of 200,000 digits",
+        b'{"message": "x", "conversation_id": 1' + b"0" * 200_000 + b"}",
+        "application/json",
+        400,
+        "malformed_json",
+    ),
+    (
+        "nested 1,000 deep",
+        b'{"message": "x", "history": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        "application/json",
+        400,
+        "too_deep",
+    ),
+    (
+        "nested deeper than the fields need",
+        b'{"message": "x", "extra": [[[1]]]}',
+        "application/json",
+        400,
+        "too_deep",
+    ),
     ("not json", b"message=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
     ("no content type", b'{"message": "x"}', "", 415, "unsupported_media_type"),
     (
@@ -490,13 +540,62 @@ def test_bad_post_gets_status_and_json_error(
         ({"message": ""}, 400, "missing_message"),
         ({"message": "x", "conversation_id": "abc"}, 400, "invalid_request"),
         ({"message": "x", "conversation_id": "424242"}, 404, "conversation_not_found"),
+        ({"message": "x", "conversation_id": "\u00b2"}, 400, "invalid_request"),
+        ({"message": "x", "conversation_id": "9223372036854775808"}, 400, "invalid_request"),
+        ({"message": "x", "conversation_id": "1" + "0" * 5_000}, 400, "invalid_request"),
+        ({"message": "a\x00b"}, 400, "invalid_text"),
+    ],
+    ids=[
+        "no message",
+        "empty message",
+        "conversation id text",
+        "unknown conversation",
+        "conversation id a superscript digit",
+        "conversation id past 64 bits",
+        "conversation id of 5,000 digits",
+        "message with NUL",
     ],
 )
-def test_bad_get_gets_status_and_json_error(client, params, status, code):
+def test_bad_get_gets_status_and_json_error(server, client, params, status, code):
     response = client.get("/api/chat/stream", params=params)
 
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/conversations?page=9223372036854775807",
+        "/api/conversations?page=\u00b2",
+        "/api/conversations?page_size=\u00b2",
+        "/api/conversations?page=0",
+    ],
+)
+def test_bad_page_gets_400_naming_it(server, client, path):
+    response = client.get(path)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "'page" in response.json()["error"]["message"]
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/conversations/9223372036854775808",
+        "/api/conversations/" + "9" * 200,
+        "/api/messages/99999999999999999999/cancel",
+    ],
+)
+def test_an_id_past_what_a_row_can_have_is_not_found(server, client, path):
+    response = client.request("DELETE" if "cancel" not in path else "POST", path)
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert "Traceback" not in server.log()
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
