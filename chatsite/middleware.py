@@ -9,27 +9,39 @@ from django.contrib.messages import middleware as messages_middleware
 from django.contrib.sessions import middleware as sessions_middleware
 from django.http import HttpResponse
 from django.middleware import clickjacking, common, csrf, security
+from django.utils.cache import patch_vary_headers
 from django.utils.decorators import sync_and_async_middleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+PRIVATE = "private, no-store"
+
+
+def set_default_headers(request, response) -> None:
+    """CONTENT_SECURITY_POLICY (no inline script), and no caching of what a response did not
+    say may be cached (pages and API answers are the caller's own); API answers depend on the
+    Authorization header too."""
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
+    headers.setdefault("Cache-Control", PRIVATE)
+    if request.path.startswith("/api/"):
+        patch_vary_headers(response, ("Authorization",))
+
 
 @sync_and_async_middleware
-def content_security_policy_middleware(get_response):
-    """Send CONTENT_SECURITY_POLICY (no inline script) unless the response set its own."""
-    policy = settings.CONTENT_SECURITY_POLICY
-
+def default_headers_middleware(get_response):
+    """set_default_headers on every response that did not set its own (static files do)."""
     if iscoroutinefunction(get_response):
 
         async def middleware(request):
             response = await get_response(request)
-            response.headers.setdefault("Content-Security-Policy", policy)
+            set_default_headers(request, response)
             return response
 
     else:
 
         def middleware(request):
             response = get_response(request)
-            response.headers.setdefault("Content-Security-Policy", policy)
+            set_default_headers(request, response)
             return response
 
     return middleware

@@ -106,7 +106,7 @@ INSTALLED_APPS = [
 # Django's own middlewares, subclassed to run their hooks on the event loop (see middleware.py).
 MIDDLEWARE = [
     "chatsite.middleware.SecurityMiddleware",
-    "chatsite.middleware.content_security_policy_middleware",
+    "chatsite.middleware.default_headers_middleware",
     "chatsite.middleware.StaticFilesMiddleware",
     "chatsite.middleware.SessionMiddleware",
     "chatsite.middleware.CommonMiddleware",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
 from django.utils.decorators import sync_and_async_middleware
@@ -53,16 +56,50 @@ def _session_auser(request: HttpRequest) -> AbstractBaseUser:
 
 
 def exempt_token_requests_from_csrf(request: HttpRequest) -> None:
-    if bearer_token(request) is not None and request.path.startswith("/api/"):
+    """An API request is exempt from CSRF unless a session cookie is what would authenticate
+    it: with Authorization it never falls back to the session, and with no session cookie it
+    carries no ambient credentials (it gets 401, not a CSRF failure)."""
+    if request.path.startswith("/api/") and (
+        bearer_token(request) is not None or settings.SESSION_COOKIE_NAME not in request.COOKIES
+    ):
         request._dont_enforce_csrf_checks = True
+
+
+def is_same_origin(request: HttpRequest) -> bool:
+    """Whether a request can be shown to come from this site's own pages (or from the user
+    typing its address): ``Sec-Fetch-Site`` where the browser sends it, else an ``Origin`` or
+    ``Referer`` of this site (or of CSRF_TRUSTED_ORIGINS). A request that shows nothing, as
+    older browsers send for a cross-site image or script, is not."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if not source:
+        return False
+    parts = urlsplit(source)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return origin == f"{request.scheme}://{request.get_host()}" or (
+        origin in settings.CSRF_TRUSTED_ORIGINS
+    )
+
+
+def require_same_origin_session(request: HttpRequest) -> None:
+    """ApiError(403) for a request authenticated by the browser session that does not show it
+    comes from this site (a GET is not CSRF-checked, and a GET stream starts a reply)."""
+    if bearer_token(request) is None and not is_same_origin(request):
+        raise ApiError(
+            403,
+            "cross_site",
+            "A stream opened with the browser session must come from this site's pages; "
+            "other clients send an API token.",
+        )
 
 
 @sync_and_async_middleware
 def bearer_csrf_exempt_middleware(get_response):
-    """Token requests carry no ambient credentials, so CSRF does not apply to them.
-
-    Goes before CsrfViewMiddleware. Session requests that change state are still checked.
-    """
+    """Requests without ambient credentials are exempt from CSRF (see
+    exempt_token_requests_from_csrf). Goes before CsrfViewMiddleware. Session requests that
+    change state are still checked."""
     if iscoroutinefunction(get_response):
 
         async def middleware(request):

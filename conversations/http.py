@@ -19,7 +19,8 @@ AsyncView = Callable[..., Awaitable[HttpResponse]]
 
 def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
     """An API endpoint: only ``methods`` (405), an authenticated caller (401) within the rate
-    limit (429), set as ``request.api_user``; any ApiError becomes its JSON response."""
+    limit (429, and ``RateLimit-*`` headers on every answer), set as ``request.api_user``; any
+    ApiError becomes its JSON response."""
 
     def decorator(view: AsyncView) -> AsyncView:
         @functools.wraps(view)
@@ -31,16 +32,20 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                     f"Use {' or '.join(methods)}.",
                     headers={"Allow": ", ".join(methods)},
                 )
+            limit_headers: dict[str, str] = {}
             try:
                 try:
                     request.api_user = await api_auser(request)
                 except ApiError:
-                    await enforce_rate_limit(request, None)
+                    limit_headers = await enforce_rate_limit(request, None)
                     raise
-                await enforce_rate_limit(request, request.api_user)
-                return await view(request, *args, **kwargs)
+                limit_headers = await enforce_rate_limit(request, request.api_user)
+                response = await view(request, *args, **kwargs)
             except ApiError as error:
-                return api_error_response(error)
+                response = api_error_response(error)
+            for name, value in limit_headers.items():
+                response.headers.setdefault(name, value)
+            return response
 
         wrapper.allowed_methods = methods
         return wrapper

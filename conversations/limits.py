@@ -136,19 +136,25 @@ class RedisRequestCounter(RequestCounter):
         return int(count), seconds_left
 
 
-async def enforce_rate_limit(request: HttpRequest, user: AbstractBaseUser | None) -> None:
-    """Count this request in its fixed window; ApiError(429) with Retry-After over the limit."""
+async def enforce_rate_limit(request: HttpRequest, user: AbstractBaseUser | None) -> dict[str, str]:
+    """Count this request in its fixed window; the IETF ``RateLimit-*`` header fields that
+    tell the client where it stands, or ApiError(429) with them and Retry-After over the limit."""
     counter = request_counter()
     count, seconds_left = await counter.hit(rate_limit_key(request, user))
+    reset = max(1, math.ceil(seconds_left))
+    headers = {
+        "RateLimit-Limit": str(counter.rate.limit),
+        "RateLimit-Remaining": str(max(0, counter.rate.limit - count)),
+        "RateLimit-Reset": str(reset),
+    }
     if count > counter.rate.limit:
-        retry_after = max(1, math.ceil(seconds_left))
         raise ApiError(
             429,
             "rate_limited",
-            f"Too many requests: the limit is {settings.CHAT_RATE_LIMIT}. "
-            f"Try again in {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
+            f"Too many requests: the limit is {settings.CHAT_RATE_LIMIT}. Try again in {reset} s.",
+            headers={**headers, "Retry-After": str(reset)},
         )
+    return headers
 
 
 def streams_busy(retry_after: int, reason: str) -> ApiError:

@@ -11,6 +11,7 @@ from django.views.csrf import csrf_failure as default_csrf_failure
 
 from chatsite.lifecycle import run_after_request
 
+from .auth import require_same_origin_session
 from .errors import ApiError, error_response
 from .generation import generation_aopen, reply_astop
 from .http import api_view, is_api_path
@@ -76,8 +77,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         if "HTTP_LAST_EVENT_ID" in request.META:
             return HttpResponse(status=204)
-        if request.headers.get("Sec-Fetch-Site") == "cross-site":
-            raise ApiError(403, "cross_site", "Cross-site requests cannot start a reply.")
+        require_same_origin_session(request)
         chat_request = chat_request_from_query(request.GET)
         framer = QueryFramer()
     else:

@@ -70,16 +70,31 @@ def test_fixed_window_limit_answers_429_with_retry_after_per_user(
 ):
     alice, bob = make_user("alice"), make_user("bob")
     with session_client(limited_server.url, alice) as client:
-        statuses = [client.get("/api/conversations").status_code for _ in range(5)]
+        answers = [client.get("/api/conversations") for _ in range(5)]
         limited = client.get("/api/conversations")
     with session_client(limited_server.url, bob) as other:
         bob_status = other.get("/api/conversations").status_code
 
-    assert statuses == [200] * 5
+    assert [answer.status_code for answer in answers] == [200] * 5
     assert limited.status_code == 429
     assert limited.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(limited.headers["retry-after"]) <= 60
     assert bob_status == 200
+    # The IETF RateLimit header fields let a client see the limit coming.
+    assert [answer.headers["ratelimit-limit"] for answer in answers] == ["5"] * 5
+    assert [answer.headers["ratelimit-remaining"] for answer in answers] == [
+        "4",
+        "3",
+        "2",
+        "1",
+        "0",
+    ]
+    assert all(1 <= int(answer.headers["ratelimit-reset"]) <= 60 for answer in answers)
+    assert (limited.headers["ratelimit-limit"], limited.headers["ratelimit-remaining"]) == (
+        "5",
+        "0",
+    )
+    assert limited.headers["ratelimit-reset"] == limited.headers["retry-after"]
 
 
 def test_spoofed_forwarded_for_does_not_escape_the_anonymous_limit(
