@@ -2,11 +2,15 @@
 
 import gc
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import ThreadSensitiveContext
+from django.conf import settings
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpResponse, JsonResponse
 from django.urls import get_resolver
 
 from chatsite.lifecycle import CURRENT, Handling
@@ -50,14 +54,20 @@ class ChatASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self.threads = RequestThreads()
+        self.max_body_bytes = settings.CHAT_MAX_BODY_BYTES
 
     async def handle(self, scope, receive, send):
+        if declared_length(scope) > self.max_body_bytes:
+            await self.send_response(body_too_large(scope, self.max_body_bytes), send)
+            return
         handling = Handling()
         reset = CURRENT.set(handling)
         executor = self.threads.take()
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await super().handle(scope, receive, send)
+        except BodyTooLarge:
+            await self.send_response(body_too_large(scope, self.max_body_bytes), send)
         finally:
             self.threads.give_back(executor)
             CURRENT.reset(reset)
@@ -65,6 +75,29 @@ class ChatASGIHandler(ASGIHandler):
         requests, handling.requests = handling.requests, []
         for request in requests:
             request.__dict__.clear()
+
+    async def read_body(self, receive):
+        """Django's read_body, refusing a body (chunked, or longer than it said) as soon as it
+        passes CHAT_MAX_BODY_BYTES, before more of it is read or stored."""
+        body_file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - returned open, as Django does
+            max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b"
+        )
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted()
+            if "body" in message:
+                received += len(message["body"])
+                if received > self.max_body_bytes:
+                    body_file.close()
+                    raise BodyTooLarge()
+                body_file.write(message["body"])
+            if not message.get("more_body", False):
+                break
+        body_file.seek(0)
+        return body_file
 
     def create_request(self, scope, body_file):
         request, error_response = super().create_request(scope, body_file)
@@ -79,6 +112,33 @@ class ChatASGIHandler(ASGIHandler):
         message = await receive()
         if message["type"] != "http.disconnect":
             raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
+
+
+class BodyTooLarge(Exception):
+    """A request body passed CHAT_MAX_BODY_BYTES while it was read."""
+
+
+def declared_length(scope) -> int:
+    """The request's Content-Length, or 0 (none, or not a number: the body is counted as read)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def body_too_large(scope, max_bytes: int) -> HttpResponse:
+    """413, before any middleware or view: JSON on the API, plain text elsewhere. The
+    connection is closed, so the rest of the body is never read."""
+    message = f"The request body is larger than {max_bytes} bytes."
+    if scope.get("path", "").startswith("/api/"):
+        response = JsonResponse(
+            {"error": {"code": "body_too_large", "message": message}}, status=413
+        )
+    else:
+        response = HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+    response["Content-Length"] = str(len(response.content))
+    response["Connection"] = "close"
+    return response
 
 
 django.setup(set_prefix=False)
