@@ -65,7 +65,11 @@ def database_from_url(url: str) -> dict:
             },
         }
     if parts.scheme in {"postgres", "postgresql", "pgsql"}:
-        options: dict = {"pool": {"min_size": 1, "max_size": env_number("DATABASE_POOL_SIZE", 20)}}
+        # A request waits at most DATABASE_POOL_TIMEOUT seconds for a connection, then is
+        # answered 503 (conversations/outages.py), as is one whose connection cannot be made.
+        timeout = env_number("DATABASE_POOL_TIMEOUT", 3.0, float)
+        pool = {"min_size": 1, "max_size": env_number("DATABASE_POOL_SIZE", 20), "timeout": timeout}
+        options: dict = {"pool": pool, "connect_timeout": max(1, round(timeout))}
         options.update(dict(parse_qsl(parts.query)))
         return {
             "ENGINE": "django.db.backends.postgresql",
@@ -236,10 +240,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {
+        "without_outage_tracebacks": {"()": "conversations.outages.WithoutOutageTracebacks"}
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # A database outage is logged once by conversations.outages, not once per request.
+        "django.request": {"filters": ["without_outage_tracebacks"]},
         # One line per upstream request duplicates the reply's own line (conversations.generation).
         "httpx": {"level": "WARNING"},
     },

@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import sys
+
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.views import defaults
 from django.views.csrf import csrf_failure as default_csrf_failure
 
 from chatsite.lifecycle import run_after_request
 
+from . import outages
 from .auth import require_same_origin_session
 from .errors import ApiError, error_response
 from .generation import generation_aopen, reply_astop
@@ -24,6 +28,7 @@ from .inputs import (
 from .limits import stream_slots
 from .models import Message
 from .openapi import openapi_document
+from .outages import is_database_unavailable
 from .selectors import (
     SIDEBAR_LENGTH,
     conversation_aget_owned,
@@ -163,6 +168,22 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    """500, or 503 when the database is unreachable. Django calls this while it handles the
+    exception (in a thread for async views, where asgiref keeps ``sys.exc_info()``)."""
+    error = sys.exc_info()[1]
+    if is_database_unavailable(error):
+        outages.report(error)
+        return database_unavailable(request)
     if is_api_path(request):
         return error_response(500, "internal_error", "Something went wrong on the server.")
     return defaults.server_error(request)
+
+
+def database_unavailable(request: HttpRequest) -> HttpResponse:
+    """503 with Retry-After; the page is rendered without the request (its context would
+    read the session, from the database)."""
+    retry = {"Retry-After": str(outages.RETRY_AFTER_SECONDS)}
+    if is_api_path(request):
+        message = "The database cannot be reached right now; try again shortly."
+        return error_response(503, "database_unavailable", message, headers=retry)
+    return HttpResponse(render_to_string("503.html"), status=503, headers=retry)
