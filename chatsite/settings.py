@@ -233,6 +233,9 @@ CHAT_STREAMS_PER_USER = env_number("CHAT_STREAMS_PER_USER", 10)
 CHAT_STREAM_QUEUE_LENGTH = env_number("CHAT_STREAM_QUEUE_LENGTH", 20)
 CHAT_STREAM_QUEUE_WAIT_SECONDS = env_number("CHAT_STREAM_QUEUE_WAIT_SECONDS", 10.0, float)
 CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
+# With REDIS_URL: how often a process vouches in Redis for the replies it produces (a reply
+# whose producer stopped vouching for three beats may be marked interrupted).
+CHAT_HEARTBEAT_SECONDS = env_number("CHAT_HEARTBEAT_SECONDS", 5.0, float)
 # How long a cancel or a delete waits for another process to stop a reply (REDIS_URL only).
 CHAT_STOP_WAIT_SECONDS = env_number("CHAT_STOP_WAIT_SECONDS", 5.0, float)
 

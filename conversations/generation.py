@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
+from .heartbeats import reply_announce
 from .models import Message
 from .providers import ChatMessage, ChatProvider, ProviderError, StreamOutcome, get_provider
 from .services import (
@@ -131,6 +132,7 @@ class Generation:
         if not self._finalising:
             RUNNING[message_id] = self
             listen_for_stops(stop_running)
+            reply_announce(message_id, running=RUNNING.keys)
         self._saved.set_result(True)
 
     async def adiscard(self) -> None:

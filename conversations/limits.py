@@ -355,6 +355,14 @@ def redis_client():
     return redis.asyncio.Redis.from_url(settings.REDIS_URL)
 
 
+@cache
+def sync_redis_client():
+    """A synchronous client, for management commands (the server itself uses redis_client)."""
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
 def key_prefix() -> str:
     return settings.CACHES["default"].get("KEY_PREFIX", "chatsite")
 

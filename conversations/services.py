@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from . import statements
 from .errors import ApiError
+from .heartbeats import replies_alive
 from .models import Conversation, Message
 from .providers import ChatMessage
 
@@ -323,10 +324,22 @@ def message_checkpoint(*, message_id: int, content: str) -> None:
 message_acheckpoint = sync_to_async(message_checkpoint, thread_sensitive=False)
 
 
+MIN_STALE_AGE = timedelta(seconds=1)
+"""A reply is announced alive within moments of its row being written: a younger row is never
+judged."""
+
+
 def messages_interrupt_stale(*, older_than: timedelta) -> int:
-    """Mark replies left ``streaming`` by a process that died as ``interrupted``."""
-    cutoff = timezone.now() - older_than
-    return Message.objects.filter(status=Message.Status.STREAMING, created_at__lt=cutoff).update(
+    """Mark replies left ``streaming`` by a process that died as ``interrupted``: those older
+    than ``older_than`` whose producer no longer beats (``heartbeats``; without Redis, age
+    alone decides). Raises RedisError if Redis is configured but cannot be asked."""
+    cutoff = timezone.now() - max(older_than, MIN_STALE_AGE)
+    streaming = Message.objects.filter(status=Message.Status.STREAMING)
+    candidates = set(streaming.filter(created_at__lt=cutoff).values_list("pk", flat=True))
+    orphans = candidates - replies_alive(candidates)
+    if not orphans:
+        return 0
+    return streaming.filter(pk__in=orphans).update(
         status=Message.Status.INTERRUPTED,
         finished_at=timezone.now(),
         error_code="interrupted",

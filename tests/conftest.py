@@ -136,6 +136,8 @@ def server_env(django_db_setup, django_db_blocker) -> dict[str, str]:
         "OPENAI_TIMEOUT_SECONDS": "10",
         "CHAT_MODEL": "fake-model",
         "CHAT_KEEPALIVE_SECONDS": "1",
+        # With Redis, a killed server's replies can be settled within a second.
+        "CHAT_HEARTBEAT_SECONDS": "0.2",
         "PYTHONUNBUFFERED": "1",
     }
     subprocess.run(

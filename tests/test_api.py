@@ -13,7 +13,7 @@ from django.core.management import call_command
 
 from conversations.models import ApiToken, Conversation, Message
 from tests.sse import content_frames, iter_frames
-from tests.test_stream_failures import wait_until
+from tests.test_stream_failures import interrupt_once_its_producer_is_gone, wait_until
 
 
 def create_token(username: str, name: str = "cli") -> str:
@@ -296,7 +296,7 @@ def test_cancel_answers_409_when_the_process_holding_the_reply_is_gone(
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "not_cancellable_here"
     assert Message.objects.get(pk=message_id).status == "streaming"
-    call_command("interrupt_stale_replies", older_than=0, stdout=io.StringIO())
+    interrupt_once_its_producer_is_gone(message_id)
 
 
 LIMIT_CASES = [

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import os
 import time
 import uuid
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from playwright.sync_api import expect
 
 from conversations.models import Conversation, Message
 from tests.conftest import session_client
-from tests.test_stream_failures import wait_until
+from tests.test_stream_failures import interrupt_once_its_producer_is_gone, wait_until
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 """Where ``make screenshot`` (UPDATE_SCREENSHOT=1) refreshes the README's screenshot; other
@@ -258,9 +256,9 @@ def test_a_connection_dropped_mid_reply_is_shown_and_the_text_so_far_kept(
     expect(page.get_by_role("status")).to_have_text("The reply failed.")
     expect(composer(page)).to_be_enabled()
     expect(composer(page)).to_have_value("")
-    assert Message.objects.get(role="assistant").status == Message.Status.STREAMING
-    call_command("interrupt_stale_replies", older_than=0, stdout=io.StringIO())
-    assert Message.objects.get(role="assistant").status == Message.Status.INTERRUPTED
+    reply = Message.objects.get(role="assistant")
+    assert reply.status == Message.Status.STREAMING
+    interrupt_once_its_producer_is_gone(reply.pk)
 
 
 SCROLL_POSITION = """() => {

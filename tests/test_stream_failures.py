@@ -7,11 +7,13 @@ import itertools
 import signal
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 
 import httpx
 import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.utils import timezone
 
 from conversations.models import Conversation, Message
 from conversations.services import message_checkpoint
@@ -371,10 +373,45 @@ def test_reply_of_a_killed_server_keeps_the_text_of_its_last_checkpoint(
     assert saved.status == "streaming"
     assert saved.content.startswith(received)
     assert "".join(LONG_REPLY).startswith(saved.content)
-    call_command("interrupt_stale_replies", older_than=0, stdout=io.StringIO())
-    interrupted = Message.objects.get(pk=message_id)
-    assert interrupted.status == "interrupted"
+    interrupted = interrupt_once_its_producer_is_gone(message_id)
     assert interrupted.content == saved.content
+
+
+def interrupt_once_its_producer_is_gone(message_id: int) -> Message:
+    """Run ``interrupt_stale_replies --older-than 0`` until it marks the reply (with Redis, a
+    killed server's word that its reply is alive lasts three heartbeats)."""
+
+    def interrupted() -> Message | None:
+        call_command("interrupt_stale_replies", older_than=0, stdout=io.StringIO())
+        message = Message.objects.get(pk=message_id)
+        return message if message.status == "interrupted" else None
+
+    return wait_until(interrupted, timeout=10, step=0.1)
+
+
+def test_a_reply_whose_producer_is_alive_is_never_marked_stale_whatever_its_age(
+    start_server, make_user, fake_upstream, redis_url
+):
+    server = start_server(
+        "long-lived", CHAT_PROVIDER="openai", OPENAI_BASE_URL=fake_upstream.base_url
+    )
+    tokens = [f"v{i} " for i in range(60)]
+    fake_upstream.script("still alive", tokens=tokens, interval=0.05)
+
+    with session_client(server.url, make_user("gail")) as client:
+        response, message_id, frames = open_stream(client, "still alive")
+        next(frame for frame in frames if not frame.is_comment)
+        Message.objects.filter(pk=message_id).update(created_at=timezone.now() - timedelta(days=1))
+        out = io.StringIO()
+        call_command("interrupt_stale_replies", older_than=0, stdout=out)
+        assert Message.objects.get(pk=message_id).status == "streaming"
+        assert out.getvalue().strip() == "0 stale replies marked interrupted."
+        received = [frame.json() for frame in frames if not frame.is_comment]
+        response.close()
+
+    assert (received[-1]["done"], received[-1]["status"]) == (True, "complete")
+    reply = wait_for_status(message_id)
+    assert (reply.status, reply.content) == ("complete", "".join(tokens))
 
 
 def test_a_checkpoint_never_overwrites_a_finished_reply(make_user):

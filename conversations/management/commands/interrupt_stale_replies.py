@@ -1,13 +1,17 @@
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from redis.exceptions import RedisError
 
 from conversations.services import messages_interrupt_stale
 
 
 class Command(BaseCommand):
-    help = "Mark replies still 'streaming' after the longest possible stream as 'interrupted'."
+    help = (
+        "Mark replies still 'streaming' whose server process has stopped as 'interrupted' "
+        "(with REDIS_URL, a reply whose process still beats is never marked, whatever its age)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -18,5 +22,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, older_than: float, **options):
-        count = messages_interrupt_stale(older_than=timedelta(seconds=older_than))
+        try:
+            count = messages_interrupt_stale(older_than=timedelta(seconds=older_than))
+        except (RedisError, OSError) as error:
+            raise CommandError(
+                f"Redis cannot be reached to see which replies are still produced: {error}"
+            ) from error
         self.stdout.write(f"{count} stale replies marked interrupted.")
