@@ -19,11 +19,15 @@ def _error(description: str) -> dict:
 COMMON_ERRORS = {
     "401": _error("Missing, bad or revoked credentials (with `WWW-Authenticate: Bearer`)."),
     "429": _error("Over the rate limit (`Retry-After` gives the seconds to wait)."),
-    "503": _error("Redis is unreachable, so the limits cannot be checked (`Retry-After`)."),
+    "503": _error(
+        "Redis is unreachable, so the limits cannot be checked (`limits_unavailable`), or the "
+        "database is (`database_unavailable`); `Retry-After`."
+    ),
 }
 STOP_UNAVAILABLE = _error(
     "Redis is unreachable: the limits cannot be checked (`limits_unavailable`), or a reply in "
-    "another server process cannot be asked to stop (`stop_unavailable`); `Retry-After`."
+    "another server process cannot be asked to stop (`stop_unavailable`); or the database is "
+    "(`database_unavailable`); `Retry-After`."
 )
 
 SSE_DESCRIPTION = (
@@ -35,9 +39,12 @@ SSE_DESCRIPTION = (
 )
 
 STREAM_ERRORS = {
-    "400": _error("Malformed JSON, a missing or empty message, wrong types, or a field over "
-                  "its limit (the code names it, e.g. `message_too_long`)."),
-    "403": _error("CSRF check failed (session requests), or a cross-site GET."),
+    "400": _error("Malformed JSON, a missing or empty message, wrong types, a field over "
+                  "its limit (the code names it, e.g. `message_too_long`), text with NUL or an "
+                  "unpaired surrogate (`invalid_text`), or JSON nested deeper than its fields "
+                  "(`too_deep`)."),
+    "403": _error("CSRF check failed (session requests), or a GET stream opened with the "
+                  "session that does not show it comes from this site (`cross_site`)."),
     "404": _error("Unknown conversation, or someone else's."),
     "405": _error("Method not allowed."),
     **COMMON_ERRORS,
@@ -78,7 +85,9 @@ def openapi_document() -> dict:
                 "Authenticate with `Authorization: Bearer <token>` (exempt from CSRF) or a "
                 "browser session (unsafe methods need `X-CSRFToken`). Rate limit: "
                 f"{settings.CHAT_RATE_LIMIT} per user (per IP when anonymous); at most "
-                f"{settings.CHAT_STREAMS_PER_USER} concurrent streams per user."
+                f"{settings.CHAT_STREAMS_PER_USER} concurrent streams per user. Every answer "
+                "carries `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds), "
+                "and `Cache-Control: private, no-store` (the streams: `no-cache`)."
             ),
         },
         "security": [{"bearer": []}, {"session": []}],

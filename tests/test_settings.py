@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -80,3 +81,13 @@ def test_cache_is_redis_exactly_when_redis_url_is_set():
     cache.set("settings-test", "round trip", 5)
     assert cache.get("settings-test") == "round trip"
     cache.delete("settings-test")
+
+
+def test_env_example_lists_every_setting_the_settings_read():
+    source = (ROOT / "chatsite" / "settings.py").read_text()
+    read = set(re.findall(r'env_(?:str|bool|number|list)\(\s*"([A-Z0-9_]+)"', source))
+    listed = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+
+    assert len(read) > 20
+    assert read - listed == set(), "settings missing from .env.example"
+    assert listed - read == set(), ".env.example lists settings that are not read"
