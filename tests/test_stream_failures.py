@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import itertools
 import signal
+import socket
 import time
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -262,6 +264,50 @@ def test_reply_over_the_size_limit_is_stopped_and_saved_with_its_text(
     assert wait_until(lambda: fake_upstream.requests_for("too long")[-1].aborted)
     reply = wait_for_status(int(response.headers["x-message-id"]))
     assert (reply.status, reply.error_code, reply.content) == ("error", "reply_too_long", received)
+
+
+def resident_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+
+
+def test_clients_that_never_read_cost_the_server_no_more_than_the_capped_reply(
+    server, user, fake_upstream
+):
+    """Three clients open a stream and never read it while the model sends 20 MB each: each
+    reply stops at CHAT_MAX_REPLY_CHARS (200,000), and the server holds no queue of frames."""
+    from tests.test_api import create_token
+
+    token = create_token("alice")
+    for n in range(3):
+        fake_upstream.script(f"flood {n}", tokens=["z" * 2000] * 10_000)
+    before = resident_kb(server.process.pid)
+    port = int(server.url.rsplit(":", 1)[1])
+    stalled = []
+    for n in range(3):
+        connection = socket.socket()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        connection.connect(("127.0.0.1", port))
+        connection.sendall(
+            f"GET /api/chat/stream?message=flood+{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        stalled.append(connection)
+
+    replies = [
+        wait_until(lambda n=n: Message.objects.filter(
+            role="assistant", conversation__title=f"flood {n}", status="error"
+        ).first(), timeout=30)
+        for n in range(3)
+    ]  # fmt: skip
+    grown_kb = resident_kb(server.process.pid) - before
+    for connection in stalled:
+        connection.close()
+
+    for n, reply in enumerate(replies):
+        assert (reply.error_code, len(reply.content)) == ("reply_too_long", 200_000)
+        assert fake_upstream.requests_for(f"flood {n}")[-1].aborted
+    assert grown_kb < 30_000, f"the server grew by {grown_kb} KB"
 
 
 @contextmanager
