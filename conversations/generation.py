@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
+from .errors import Conflict
 from .heartbeats import reply_announce
-from .models import Message
+from .models import Conversation, Message
 from .providers import ChatMessage, ChatProvider, ProviderError, StreamOutcome, get_provider
+from .selectors import message_aget_owned
 from .services import (
     ChatRequest,
     OpenedReply,
@@ -381,3 +383,27 @@ async def reply_astop(message_id: int) -> bool:
     """Stop a reply in whichever process produces it and wait until it is saved; False if
     none did."""
     return await generation_astop(message_id) or await reply_astop_elsewhere(message_id)
+
+
+async def message_acancel(*, user: AbstractBaseUser, message_id: int) -> Message:
+    """Stop the caller's reply if it is still streaming, in whichever process produces it,
+    and return it as saved; Conflict if no process stopped it (the one producing it died)."""
+    message = await message_aget_owned(user, message_id)
+    if message.status == Message.Status.STREAMING:
+        stopped = await reply_astop(message.pk)
+        await message.arefresh_from_db()
+        if not stopped and message.status == Message.Status.STREAMING:
+            raise Conflict(
+                "not_cancellable_here",
+                "No server process stopped this reply: the one producing it has stopped running.",
+            )
+    return message
+
+
+async def conversation_adelete(*, conversation: Conversation) -> None:
+    """Stop the conversation's replies still streaming, in whichever process, then delete it
+    with its messages."""
+    streaming = Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING)
+    message_ids = [message_id async for message_id in streaming.values_list("pk", flat=True)]
+    await asyncio.gather(*(reply_astop(message_id) for message_id in message_ids))
+    await conversation.adelete()

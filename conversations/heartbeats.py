@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from .limits import key_prefix, redis_client, sync_redis_client
+from .redis_client import key_prefix, redis_client, sync_redis_client
 
 logger = logging.getLogger(__name__)
 

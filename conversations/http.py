@@ -6,11 +6,21 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from .auth import api_auser
-from .errors import ApiError, api_error_response, error_response
-from .limits import enforce_rate_limit
+from .errors import (
+    ApiError,
+    Busy,
+    Conflict,
+    DomainError,
+    NotFound,
+    Unavailable,
+    api_error_response,
+    error_response,
+)
+from .limits import RequestWindow, request_count
 
 logger = logging.getLogger(__name__)
 
@@ -32,25 +42,61 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                     f"Use {' or '.join(methods)}.",
                     headers={"Allow": ", ".join(methods)},
                 )
-            limit_headers: dict[str, str] = {}
+            window = None
             try:
                 try:
                     request.api_user = await api_auser(request)
                 except ApiError:
-                    limit_headers = await enforce_rate_limit(request, None)
+                    window = await request_count(request, None)
+                    raise_if_exceeded(window)
                     raise
-                limit_headers = await enforce_rate_limit(request, request.api_user)
+                window = await request_count(request, request.api_user)
+                raise_if_exceeded(window)
                 response = await view(request, *args, **kwargs)
+            except DomainError as error:
+                response = api_error_response(as_api_error(error))
             except ApiError as error:
                 response = api_error_response(error)
-            for name, value in limit_headers.items():
-                response.headers.setdefault(name, value)
+            if window is not None:
+                for name, value in rate_limit_headers(window).items():
+                    response.headers.setdefault(name, value)
             return response
 
         wrapper.allowed_methods = methods
         return wrapper
 
     return decorator
+
+
+STATUSES: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, Busy: 429, Unavailable: 503}
+
+
+def as_api_error(error: DomainError) -> ApiError:
+    """A domain error as the API says it: the status its kind calls for, Retry-After when
+    trying again later may work."""
+    status = next(code for kind, code in STATUSES.items() if isinstance(error, kind))
+    headers = {} if error.retry_after is None else {"Retry-After": str(error.retry_after)}
+    return ApiError(status, error.code, error.message, headers=headers, details=error.details)
+
+
+def rate_limit_headers(window: RequestWindow) -> dict[str, str]:
+    """The IETF RateLimit header fields: where the caller stands in its window."""
+    return {
+        "RateLimit-Limit": str(window.limit),
+        "RateLimit-Remaining": str(window.remaining),
+        "RateLimit-Reset": str(window.reset),
+    }
+
+
+def raise_if_exceeded(window: RequestWindow) -> None:
+    if window.exceeded:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Too many requests: the limit is {settings.CHAT_RATE_LIMIT}. "
+            f"Try again in {window.reset} s.",
+            headers={"Retry-After": str(window.reset)},
+        )
 
 
 def is_api_path(request: HttpRequest) -> bool:

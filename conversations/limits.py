@@ -26,7 +26,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
 from redis.exceptions import RedisError
 
-from .errors import ApiError
+from .errors import Busy, Unavailable
+from .redis_client import key_prefix, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -136,34 +137,37 @@ class RedisRequestCounter(RequestCounter):
         return int(count), seconds_left
 
 
-async def enforce_rate_limit(request: HttpRequest, user: AbstractBaseUser | None) -> dict[str, str]:
-    """Count this request in its fixed window; the IETF ``RateLimit-*`` header fields that
-    tell the client where it stands, or ApiError(429) with them and Retry-After over the limit."""
+@dataclass(frozen=True)
+class RequestWindow:
+    """Where a caller stands in its rate-limit window after a request was counted."""
+
+    limit: int
+    count: int
+    reset: int
+    """Seconds until the window ends."""
+
+    @property
+    def exceeded(self) -> bool:
+        return self.count > self.limit
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.count)
+
+
+async def request_count(request: HttpRequest, user: AbstractBaseUser | None) -> RequestWindow:
+    """Count this request in its fixed window (per user, else per client IP)."""
     counter = request_counter()
     count, seconds_left = await counter.hit(rate_limit_key(request, user))
-    reset = max(1, math.ceil(seconds_left))
-    headers = {
-        "RateLimit-Limit": str(counter.rate.limit),
-        "RateLimit-Remaining": str(max(0, counter.rate.limit - count)),
-        "RateLimit-Reset": str(reset),
-    }
-    if count > counter.rate.limit:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"Too many requests: the limit is {settings.CHAT_RATE_LIMIT}. Try again in {reset} s.",
-            headers={**headers, "Retry-After": str(reset)},
-        )
-    return headers
+    return RequestWindow(counter.rate.limit, count, max(1, math.ceil(seconds_left)))
 
 
-def streams_busy(retry_after: int, reason: str) -> ApiError:
-    return ApiError(
-        429,
+def streams_busy(retry_after: int, reason: str) -> Busy:
+    return Busy(
         "too_many_streams",
         f"Too many streams at once ({reason}); at most {settings.CHAT_STREAMS_PER_USER} "
         "per user. Try again shortly.",
-        headers={"Retry-After": str(retry_after)},
+        retry_after=retry_after,
     )
 
 
@@ -333,38 +337,17 @@ class RedisStreamSlots(StreamSlots):
 
 @contextlib.contextmanager
 def redis_failures_as_503():
-    """Redis unreachable: the limits cannot be checked, so the request is refused with 503
-    (logged for operators), not failed with a 500."""
+    """Redis unreachable: the limits cannot be checked, so the request is refused (logged for
+    operators), not failed."""
     try:
         yield
     except (RedisError, OSError) as error:
         logger.error("the limits cannot be checked: Redis failed", exc_info=True)
-        raise ApiError(
-            503,
+        raise Unavailable(
             "limits_unavailable",
             "The service cannot check its limits right now; try again shortly.",
-            headers={"Retry-After": "5"},
+            retry_after=5,
         ) from error
-
-
-@cache
-def redis_client():
-    """This process's asyncio Redis client (its connection pool), shared by both limits."""
-    import redis.asyncio
-
-    return redis.asyncio.Redis.from_url(settings.REDIS_URL)
-
-
-@cache
-def sync_redis_client():
-    """A synchronous client, for management commands (the server itself uses redis_client)."""
-    import redis
-
-    return redis.Redis.from_url(settings.REDIS_URL)
-
-
-def key_prefix() -> str:
-    return settings.CACHES["default"].get("KEY_PREFIX", "chatsite")
 
 
 @cache

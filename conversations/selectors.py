@@ -6,7 +6,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, QuerySet
 from django.shortcuts import get_object_or_404
 
-from .errors import ApiError
+from .errors import NotFound
 from .models import Conversation, Message
 
 SIDEBAR_LENGTH = 100
@@ -36,15 +36,15 @@ def conversation_api_list_for_user(user: AbstractBaseUser) -> QuerySet[Conversat
 
 
 async def conversation_aget_owned(user: AbstractBaseUser, conversation_id: int) -> Conversation:
-    """The caller's conversation, or ApiError(404) (also for someone else's)."""
+    """The caller's conversation, or NotFound (also for someone else's)."""
     conversation = await Conversation.objects.filter(pk=conversation_id, owner=user).afirst()
     if conversation is None:
-        raise ApiError(404, "conversation_not_found", "No such conversation.")
+        raise NotFound("conversation_not_found", "No such conversation.")
     return conversation
 
 
 async def message_aget_owned(user: AbstractBaseUser, message_id: int) -> Message:
     message = await Message.objects.filter(pk=message_id, conversation__owner=user).afirst()
     if message is None:
-        raise ApiError(404, "message_not_found", "No such message.")
+        raise NotFound("message_not_found", "No such message.")
     return message

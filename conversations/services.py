@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,7 +12,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from . import statements
-from .errors import ApiError
+from .errors import NotFound
 from .heartbeats import replies_alive
 from .models import Conversation, Message
 from .providers import ChatMessage
@@ -131,12 +130,12 @@ def conversation_lock_for_reply(
     *, user: AbstractBaseUser, conversation_id: int, now: datetime
 ) -> Conversation:
     """Mark the conversation active, which also locks its row until the transaction ends so
-    concurrent replies to it are saved in order; ApiError(404) unless the user owns it."""
+    concurrent replies to it are saved in order; NotFound unless the user owns it."""
     touched = statements.update_rows(
         Conversation, {"updated_at": now}, {"id": conversation_id, "owner": user.pk}
     )
     if not touched:
-        raise ApiError(404, "conversation_not_found", "No such conversation.")
+        raise NotFound("conversation_not_found", "No such conversation.")
     return Conversation.objects.get(pk=conversation_id)
 
 
@@ -345,14 +344,3 @@ def messages_interrupt_stale(*, older_than: timedelta) -> int:
         error_code="interrupted",
         error_message="The server stopped before this reply finished.",
     )
-
-
-async def conversation_adelete(*, conversation: Conversation) -> None:
-    """Stop the conversation's replies still streaming, in whichever process, then delete it
-    with its messages."""
-    from .generation import reply_astop
-
-    streaming = Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING)
-    message_ids = [message_id async for message_id in streaming.values_list("pk", flat=True)]
-    await asyncio.gather(*(reply_astop(message_id) for message_id in message_ids))
-    await conversation.adelete()

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from .errors import ApiError
-from .limits import key_prefix, redis_client
+from .errors import Unavailable
 from .models import Message
+from .redis_client import key_prefix, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _stop_named(stop: Callable[[int], None], data: bytes) -> None:
 async def reply_astop_elsewhere(message_id: int) -> bool:
     """Ask the other processes to stop this reply and wait until it is saved; False if none
     did within CHAT_STOP_WAIT_SECONDS (its process died: ``interrupt_stale_replies`` settles
-    such rows). ApiError(503) if Redis cannot be reached."""
+    such rows). Unavailable if Redis cannot be reached."""
     if not settings.REDIS_URL:
         return False
     next_publish = 0.0
@@ -114,11 +114,10 @@ async def reply_astop_elsewhere(message_id: int) -> bool:
         return False
     except (RedisError, OSError) as error:
         logger.warning("could not ask other processes to stop reply %s", message_id, exc_info=True)
-        raise ApiError(
-            503,
+        raise Unavailable(
             "stop_unavailable",
             "The other server processes could not be reached to stop this reply; try again.",
-            headers={"Retry-After": "1"},
+            retry_after=1,
         ) from error
 
 

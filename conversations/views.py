@@ -16,8 +16,8 @@ from chatsite.lifecycle import run_after_request
 
 from . import outages
 from .auth import require_same_origin_session
-from .errors import ApiError, error_response
-from .generation import generation_aopen, reply_astop
+from .errors import error_response
+from .generation import conversation_adelete, generation_aopen, message_acancel
 from .http import api_view, is_api_path
 from .inputs import (
     chat_request_from_json,
@@ -26,7 +26,6 @@ from .inputs import (
     pagination_from_query,
 )
 from .limits import stream_slots
-from .models import Message
 from .openapi import openapi_document
 from .outages import is_database_unavailable
 from .selectors import (
@@ -35,11 +34,10 @@ from .selectors import (
     conversation_api_list_for_user,
     conversation_get_for_user,
     conversation_list_for_user,
-    message_aget_owned,
     message_get_for_user,
 )
 from .serializers import conversation_detail, conversation_summary
-from .services import ChatRequest, conversation_adelete
+from .services import ChatRequest
 from .sse import EventStreamResponse
 from .streams import JsonFramer, QueryFramer, ReplyFrames
 
@@ -138,16 +136,7 @@ async def conversation_detail_view(request: HttpRequest, conversation_id: int) -
 @api_view("POST")
 async def message_cancel(request: HttpRequest, message_id: int) -> HttpResponse:
     """Stop a reply that is still streaming; its partial text is saved as ``cancelled``."""
-    message = await message_aget_owned(request.api_user, message_id)
-    if message.status == Message.Status.STREAMING:
-        stopped = await reply_astop(message.pk)
-        await message.arefresh_from_db()
-        if not stopped and message.status == Message.Status.STREAMING:
-            raise ApiError(
-                409,
-                "not_cancellable_here",
-                "No server process stopped this reply: the one producing it has stopped running.",
-            )
+    message = await message_acancel(user=request.api_user, message_id=message_id)
     return JsonResponse({"id": message.pk, "status": message.status})
 
 

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
-from conversations import asyncdb, heartbeats, limits, stops
+from conversations import asyncdb, heartbeats, redis_client, stops
 
 
 def run_in_new_loop(coroutine):
@@ -24,8 +24,8 @@ def run_in_new_loop(coroutine):
             await asyncdb.aclose_pools()
             await stops.aclose_listeners()
             await heartbeats.aclose_hearts()
-            if settings.REDIS_URL and limits.redis_client.cache_info().currsize:
-                await limits.redis_client().aclose()
+            if settings.REDIS_URL and redis_client.redis_client.cache_info().currsize:
+                await redis_client.redis_client().aclose()
             await sync_to_async(connections.close_all)()
 
     with ThreadPoolExecutor(1) as executor:

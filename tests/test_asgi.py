@@ -20,12 +20,12 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import request_started
 
 from chatsite.asgi import application
-from conversations import limits
+from conversations import limits, redis_client
 from conversations.models import Message
 from conversations.tokens import api_token_create
 from tests.loops import run_in_new_loop
 
-LIMIT_CLIENTS = (limits.redis_client, limits.request_counter, limits.stream_slots)
+LIMIT_CLIENTS = (redis_client.redis_client, limits.request_counter, limits.stream_slots)
 
 
 @pytest.fixture(autouse=True)

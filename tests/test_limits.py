@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis.asyncio
 
-from conversations.errors import ApiError
+from conversations.errors import Busy
 from conversations.limits import Rate, RedisStreamSlots
 from conversations.models import Message
 from tests.conftest import free_port, session_client
@@ -286,15 +286,15 @@ def test_a_slot_held_by_a_worker_that_died_expires(redis_url):
         refused = None
         try:
             await slots.acquire("user:1")
-        except ApiError as busy:
-            refused = busy.status
+        except Busy as busy:
+            refused = busy.code
         await asyncio.sleep(1.1)
         after_ttl = await slots.acquire("user:1")
         await after_ttl.release()
         await client.aclose()
         return refused, after_ttl.owner
 
-    assert run_in_new_loop(hold_then_try_again()) == (429, "user:1")
+    assert run_in_new_loop(hold_then_try_again()) == ("too_many_streams", "user:1")
 
 
 def test_limits_that_cannot_reach_redis_refuse_with_503_not_500(

@@ -1,0 +1,31 @@
+"""The one Redis client of a process, shared by limits, stops, heartbeats and replies.
+
+With REDIS_URL unset none of them uses Redis (one process, state in memory). Keys and channels
+all start with the deployment's CACHE_KEY_PREFIX, so deployments sharing a Redis stay apart.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.conf import settings
+
+
+@cache
+def redis_client():
+    """This process's asyncio client (its connection pool)."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(settings.REDIS_URL)
+
+
+@cache
+def sync_redis_client():
+    """A synchronous client, for management commands and worker threads."""
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def key_prefix() -> str:
+    return settings.CACHES["default"].get("KEY_PREFIX", "chatsite")
