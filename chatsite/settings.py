@@ -236,6 +236,10 @@ CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
 # With REDIS_URL: how often a process vouches in Redis for the replies it produces (a reply
 # whose producer stopped vouching for three beats may be marked interrupted).
 CHAT_HEARTBEAT_SECONDS = env_number("CHAT_HEARTBEAT_SECONDS", 5.0, float)
+# A reply whose last client left goes on this long for one to come back (0: stopped at once).
+CHAT_DETACH_GRACE_SECONDS = env_number("CHAT_DETACH_GRACE_SECONDS", 10.0, float)
+# How long an ended reply's tokens are kept for clients that resume it frame for frame.
+CHAT_REPLY_RETENTION_SECONDS = env_number("CHAT_REPLY_RETENTION_SECONDS", 60.0, float)
 # How long a cancel or a delete waits for another process to stop a reply (REDIS_URL only).
 CHAT_STOP_WAIT_SECONDS = env_number("CHAT_STOP_WAIT_SECONDS", 5.0, float)
 
@@ -252,7 +256,7 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # A database outage is logged once by conversations.outages, not once per request.
         "django.request": {"filters": ["without_outage_tracebacks"]},
-        # One line per upstream request duplicates the reply's own line (conversations.generation).
+        # One line per upstream request duplicates the reply's own line (conversations.replies).
         "httpx": {"level": "WARNING"},
     },
 }

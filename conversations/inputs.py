@@ -20,6 +20,7 @@ HISTORY_ROLES = {"user", "assistant"}
 MAX_ID = 2**63 - 1
 """The largest id a database row can have (a signed 64-bit integer)."""
 MAX_PAGE = 1_000_000
+MAX_POSITION = 10_000_000
 ASCII_INTEGER = re.compile(r"[0-9]{1,19}")
 MAX_JSON_DEPTH = 3
 """The request body's deepest nesting: an object holding ``history``, a list of objects."""
@@ -162,6 +163,14 @@ def history_from_json(history: object) -> list:
         check_storable(content, f"history[{index}].content")
         items.append({"role": role, "content": content})
     return items
+
+
+def position_from_query(query: QueryDict, name: str) -> int:
+    """A count of frames a client has (0 when absent), or a 400 naming the parameter."""
+    raw = query.get(name, "")
+    if raw in ("", "0"):
+        return 0
+    return positive_integer(raw, name, maximum=MAX_POSITION)
 
 
 def pagination_from_query(query: QueryDict, *, max_page_size: int = 100) -> tuple[int, int]:

@@ -55,8 +55,18 @@ class Message(models.Model):
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
-    error_code = models.CharField(max_length=64, blank=True)
+    error_code = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Why a reply that did not complete ended: stopped, client_left, "
+        "stream_timeout, reply_too_long, interrupted, an upstream error…",
+    )
     error_message = models.TextField(blank=True)
+    attach_count = models.PositiveIntegerField(
+        default=0,
+        help_text="How many times a client resumed or joined this reply while it ran "
+        "(a reload, a reconnect, another tab).",
+    )
 
     class Meta:
         ordering = ["created_at", "id"]

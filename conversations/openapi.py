@@ -222,6 +222,42 @@ def openapi_document() -> dict:
                     },
                 },
             },
+            "/api/messages/{message_id}/stream": {
+                "parameters": [
+                    {
+                        "name": "message_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer"},
+                    }
+                ],  # fmt: skip
+                "get": {
+                    "summary": "Attach to a reply: its frames after the first `after`, live",
+                    "parameters": [
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "default": 0},
+                            "description": "How many token frames of this reply the client "
+                            "has; the stream starts with the next.",
+                        }
+                    ],
+                    "responses": {
+                        "200": _stream_response(
+                            'data: {"token": " world", "done": false}\n\n'
+                            'data: {"token": "", "done": true, "conversation_id": 1, '
+                            '"message_id": 2, "status": "complete"}\n\n'
+                        ),
+                        "400": _error("`after` is not a count, or past the reply's frames."),
+                        "404": _error("Unknown reply, or someone else's."),
+                        "409": _error(
+                            "The reply is being written by another server process "
+                            "(`reply_elsewhere`; `Retry-After`)."
+                        ),
+                        **COMMON_ERRORS,
+                    },
+                },
+            },
         },
         "components": {
             "securitySchemes": {

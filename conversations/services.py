@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -12,8 +13,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from . import statements
-from .errors import NotFound
-from .heartbeats import replies_alive
+from .errors import Conflict, NotFound
 from .models import Conversation, Message
 from .providers import ChatMessage
 
@@ -60,12 +60,20 @@ def prompt_for_conversation(conversation: Conversation) -> list[ChatMessage]:
 
 
 def reply_open(
-    *, user: AbstractBaseUser, chat_request: ChatRequest, model: str, default_system_prompt: str
+    *,
+    user: AbstractBaseUser,
+    chat_request: ChatRequest,
+    model: str,
+    default_system_prompt: str,
+    still_running: Callable[[int], bool] = lambda message_id: True,
 ) -> OpenedReply:
     """Save the user's message and open the assistant's, all or nothing, before going upstream.
 
     For a stored conversation the saved transcript is the prompt and client history is ignored;
     a new conversation starts from the client's history (saved too, so the transcript is whole).
+    A stored conversation whose last reply is still being written gets no second one
+    (Conflict ``reply_in_progress``, naming it); a reply left streaming by a process that died
+    (``still_running`` says it is not) is marked interrupted first.
     """
     now = timezone.now()
     if chat_request.conversation_id is None:
@@ -93,11 +101,51 @@ def reply_open(
         conversation = conversation_lock_for_reply(
             user=user, conversation_id=chat_request.conversation_id, now=now
         )
+        replies_in_progress_settle(conversation=conversation, still_running=still_running, now=now)
         prompt = prompt_for_conversation(conversation)
         prompt.append({"role": "user", "content": chat_request.message})
         rows = message_rows([], chat_request.message, model)
         *_, user_message, assistant_message = messages_insert(conversation, rows, now=now)
     return OpenedReply(conversation, user_message, assistant_message, prompt)
+
+
+MIN_STALE_AGE = timedelta(seconds=1)
+"""A reply is announced alive within moments of its row being written: a younger one is always
+taken to be running."""
+INTERRUPTED_CODE = "interrupted"
+INTERRUPTED_MESSAGE = "The server stopped before this reply finished."
+
+
+def replies_in_progress_settle(
+    *, conversation: Conversation, still_running: Callable[[int], bool], now: datetime
+) -> None:
+    """Conflict if a reply of the conversation is still being written; mark those whose
+    process died interrupted."""
+    streaming = Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING)
+    orphans = []
+    for message_id, created_at in streaming.values_list("pk", "created_at"):
+        if now - created_at < MIN_STALE_AGE or still_running(message_id):
+            raise Conflict(
+                "reply_in_progress",
+                "The last reply of this conversation is still being written: attach to it "
+                "or stop it before sending another message.",
+                details={"message_id": message_id},
+            )
+        orphans.append(message_id)
+    messages_mark_interrupted(message_ids=orphans)
+
+
+def messages_mark_interrupted(*, message_ids: Collection[int]) -> int:
+    """Mark replies still streaming whose process died as interrupted (their text is their
+    last checkpoint's)."""
+    if not message_ids:
+        return 0
+    return Message.objects.filter(pk__in=message_ids, status=Message.Status.STREAMING).update(
+        status=Message.Status.INTERRUPTED,
+        finished_at=timezone.now(),
+        error_code=INTERRUPTED_CODE,
+        error_message=INTERRUPTED_MESSAGE,
+    )
 
 
 CONVERSATION_COLUMNS = ("owner", "title", "system_prompt", "model", "created_at", "updated_at")
@@ -239,6 +287,7 @@ def message_finalize(
     finish_reason: str = "",
     error_code: str = "",
     error_message: str = "",
+    attach_count: int = 0,
 ) -> bool:
     """Close a streaming reply exactly once; returns False if something else already closed it.
 
@@ -259,6 +308,7 @@ def message_finalize(
         "finish_reason": finish_reason,
         "error_code": error_code,
         "error_message": error_message,
+        "attach_count": attach_count,
     }
     where = {"id": message_id, "status": Message.Status.STREAMING}
     if connection.vendor == "postgresql":
@@ -321,26 +371,3 @@ def message_checkpoint(*, message_id: int, content: str) -> None:
 
 
 message_acheckpoint = sync_to_async(message_checkpoint, thread_sensitive=False)
-
-
-MIN_STALE_AGE = timedelta(seconds=1)
-"""A reply is announced alive within moments of its row being written: a younger row is never
-judged."""
-
-
-def messages_interrupt_stale(*, older_than: timedelta) -> int:
-    """Mark replies left ``streaming`` by a process that died as ``interrupted``: those older
-    than ``older_than`` whose producer no longer beats (``heartbeats``; without Redis, age
-    alone decides). Raises RedisError if Redis is configured but cannot be asked."""
-    cutoff = timezone.now() - max(older_than, MIN_STALE_AGE)
-    streaming = Message.objects.filter(status=Message.Status.STREAMING)
-    candidates = set(streaming.filter(created_at__lt=cutoff).values_list("pk", flat=True))
-    orphans = candidates - replies_alive(candidates)
-    if not orphans:
-        return 0
-    return streaming.filter(pk__in=orphans).update(
-        status=Message.Status.INTERRUPTED,
-        finished_at=timezone.now(),
-        error_code="interrupted",
-        error_message="The server stopped before this reply finished.",
-    )

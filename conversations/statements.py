@@ -39,9 +39,31 @@ def _insert_sql(model: type[Model], names: tuple[str, ...], rows: int) -> str:
     )
 
 
+@cache
+def _defaulted(model: type[Model], names: tuple[str, ...]) -> tuple:
+    """The model's fields with a default that ``names`` leaves out (the database has no
+    default of its own for them: Django applies defaults itself)."""
+    given = set(names)
+    return tuple(
+        field
+        for field in model._meta.concrete_fields
+        if field.name not in given and not field.primary_key and field.has_default()
+    )
+
+
+def _completed(model: type[Model], names: tuple[str, ...], rows: Sequence[Sequence]):
+    """``names`` and ``rows`` with the left-out fields that have a default, so that a field
+    added with a default cannot break an insert that does not name it."""
+    defaulted = _defaulted(model, names)
+    if not defaulted:
+        return names, rows
+    names = names + tuple(field.name for field in defaulted)
+    return names, [(*row, *(field.get_default() for field in defaulted)) for row in rows]
+
+
 def insert_rows(model: type[Model], names: Sequence[str], rows: Sequence[Sequence]) -> list[int]:
     """Insert ``rows`` (values in the order of ``names``) in one statement; their primary keys."""
-    names = tuple(names)
+    names, rows = _completed(model, tuple(names), rows)
     params = [value for row in rows for value in _prepared(model, names, row)]
     with connection.cursor() as cursor:
         cursor.execute(_insert_sql(model, names, len(rows)), params)
@@ -77,7 +99,10 @@ def insert_with_children(
     """Insert a ``parent`` row and ``children`` rows of ``child`` that point to it, all or none;
     the parent's key and the children's, in order. On PostgreSQL this is one statement (a
     data-modifying WITH, no transaction to open and commit), elsewhere a transaction of two."""
-    names, child_names = tuple(names), tuple(child_names)
+    (names, (values,)), (child_names, children) = (
+        _completed(parent, tuple(names), [values]),
+        _completed(child, tuple(child_names), children),
+    )
     link = _link(child, parent)
     if connection.vendor != "postgresql":
         with transaction.atomic():

@@ -1,113 +1,160 @@
-"""Writing a reply to one HTTP response: the frame formats of the two stream endpoints."""
+"""Writing a reply to one HTTP response: the frame formats of the two stream endpoints, and
+the response body that attaches to a reply at a position and detaches when it ends."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from .generation import Finished, Generation
 from .models import Message
+from .replies import Finished, Reply
 from .sse import KEEPALIVE, encode_event, encode_json_data, json_encode
 
 FAILED = {Message.Status.ERROR, Message.Status.INTERRUPTED}
+RETRY_MILLISECONDS = 2000
+"""How long EventSource waits before it reconnects (sent first on the GET stream)."""
 
 
-def error_frame(finished: Finished, *, id: int | None = None) -> bytes:
+def error_frame(finished: Finished, *, id: str | None = None) -> bytes:
     payload = {"code": finished.error_code, "message": finished.error_message}
     return encode_event(json_encode(payload), event="error", id=id)
 
 
-class QueryFramer:
-    """``GET`` frames for EventSource: ``id: n`` and the token as a JSON string; ``[DONE]`` last."""
+def event_id(message_id: int, position: int) -> str:
+    """A GET frame's id: the reply, and how many frames of it the client has with this one."""
+    return f"{message_id}-{position}"
 
-    def __init__(self) -> None:
-        self.sequence = 0
+
+def parse_event_id(text: str) -> tuple[int, int] | None:
+    """The (message id, position) of a GET frame's id, or None if it is not one."""
+    message_id, _, position = text.partition("-")
+    if not (message_id.isascii() and message_id.isdigit() and len(message_id) <= 19):
+        return None
+    if not (position.isascii() and position.isdigit() and len(position) <= 9):
+        return None
+    return int(message_id), int(position)
+
+
+class QueryFramer:
+    """``GET`` frames for EventSource: ``retry:`` first, then per token an ``id:`` naming the
+    reply and the position and the token as a JSON string; ``[DONE]`` last."""
+
+    def __init__(self, message_id: int, position: int = 0) -> None:
+        self.prefix = b"id: %d-" % message_id
+        self.position = position
+
+    def start(self) -> bytes:
+        return b"retry: %d\n\n" % RETRY_MILLISECONDS
 
     def token(self, text: str) -> bytes:
-        self.sequence += 1
-        return b"id: %d\ndata: %s\n\n" % (
-            self.sequence,
+        self.position += 1
+        return b"%s%d\ndata: %s\n\n" % (
+            self.prefix,
+            self.position,
             json_encode(text).encode("utf-8", "replace"),
         )
 
-    def end(self, finished: Finished, generation: Generation) -> bytes:
-        self.sequence += 1
+    def end(self, finished: Finished, conversation_id: int, message_id: int) -> bytes:
+        self.position += 1
         if finished.status in FAILED:
-            return error_frame(finished, id=self.sequence)
-        return b"id: %d\ndata: [DONE]\n\n" % self.sequence
+            return error_frame(finished, id=(self.prefix[4:] + b"%d" % self.position).decode())
+        return b"%s%d\ndata: [DONE]\n\n" % (self.prefix, self.position)
 
 
 class JsonFramer:
     """``POST`` frames: exactly one ``data:`` line of JSON per frame, nothing else."""
+
+    def start(self) -> bytes:
+        return b""
 
     def token(self, text: str) -> bytes:
         return b'data: {"token": %s, "done": false}\n\n' % json_encode(text).encode(
             "utf-8", "replace"
         )
 
-    def end(self, finished: Finished, generation: Generation) -> bytes:
+    def end(self, finished: Finished, conversation_id: int, message_id: int) -> bytes:
         if finished.status in FAILED:
             return error_frame(finished)
         return encode_json_data(
             {
                 "token": "",
                 "done": True,
-                "conversation_id": generation.conversation_id,
-                "message_id": generation.message_id,
+                "conversation_id": conversation_id,
+                "message_id": message_id,
                 "status": finished.status,
             }
         )
 
 
+async def saved_reply_frames(message: Message, *, after: int) -> AsyncIterator[bytes]:
+    """The frames of a reply that ended and whose tokens are no longer kept, in the POST
+    stream's format: its saved text as one token frame (sent when ``after`` is 0), then the
+    final frame."""
+    framer = JsonFramer()
+    frames = [framer.token(message.content)] if after == 0 and message.content else []
+    frames.append(framer.end(Finished.of(message), message.conversation_id, message.pk))
+    yield b"".join(frames)
+
+
 class ReplyFrames:
-    """A reply's frames as a response body. However the response ends, even if it is never
-    sent (the client left before its first frame), ``aclose`` stops and saves the reply and
-    runs ``on_close`` (which gives back the stream slot); calling it again does nothing."""
+    """A reply's frames from ``position`` on, as a response body. It is attached to the reply
+    from the start; however the response ends, even if it is never sent (the client left
+    before its first frame), ``aclose`` detaches it and runs ``on_close``; calling it again does
+    nothing."""
 
     def __init__(
         self,
-        generation: Generation,
+        reply: Reply,
         framer: QueryFramer | JsonFramer,
+        *,
+        position: int = 0,
         on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.generation = generation
+        self.reply = reply
         self.framer = framer
+        self.position = position
         self.on_close = on_close
         self._closed = False
+        if position:
+            reply.reattach()
+        else:
+            reply.attach()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return relay(self.generation, self.framer, self.aclose)
+        return relay(self.reply, self.framer, self.position, self.aclose)
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        try:
-            await self.generation.aclose()
-        finally:
-            if self.on_close is not None:
-                await self.on_close()
+        if self.reply.detach():
+            # Stopped at once, without a grace: the response ends once the reply is saved.
+            await self.reply.aended()
+        if self.on_close is not None:
+            await self.on_close()
 
 
 async def relay(
-    generation: Generation,
+    reply: Reply,
     framer: QueryFramer | JsonFramer,
+    position: int,
     on_close: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
-    """Yield the reply's frames; ``on_close`` runs however this ends."""
+    """Yield the reply's frames past ``position``; ``on_close`` runs however this ends."""
     try:
+        start = framer.start()
+        if start:
+            yield start
         while True:
-            items = await generation.take()
-            if not items:
+            if not await reply.wait_beyond(position):
                 yield KEEPALIVE
                 continue
-            frames = []
-            for item in items:
-                if isinstance(item, str):
-                    frames.append(framer.token(item))
-                else:
-                    frames.append(framer.end(item, generation))
-                    yield b"".join(frames)
-                    return
+            tokens = reply.tokens_from(position)
+            position += len(tokens)
+            frames = [framer.token(token) for token in tokens]
+            if reply.finished is not None and position == reply.token_count:
+                frames.append(framer.end(reply.finished, reply.conversation_id, reply.message_id))
+                yield b"".join(frames)
+                return
             yield b"".join(frames)
     finally:
         await on_close()

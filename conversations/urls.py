@@ -39,5 +39,6 @@ urlpatterns = [
         name="api-conversation-detail",
     ),
     path("api/messages/<id:message_id>/cancel", views.message_cancel, name="api-message-cancel"),
+    path("api/messages/<id:message_id>/stream", views.message_stream, name="api-message-stream"),
     path("api/openapi.json", views.openapi_json, name="api-openapi"),
 ]

@@ -16,18 +16,25 @@ from chatsite.lifecycle import run_after_request
 
 from . import outages
 from .auth import require_same_origin_session
-from .errors import error_response
-from .generation import conversation_adelete, generation_aopen, message_acancel
+from .errors import ApiError, error_response
 from .http import api_view, is_api_path
 from .inputs import (
     chat_request_from_json,
     chat_request_from_query,
     json_body,
     pagination_from_query,
+    position_from_query,
 )
-from .limits import stream_slots
 from .openapi import openapi_document
 from .outages import is_database_unavailable
+from .replies import (
+    Reply,
+    conversation_adelete,
+    message_acancel,
+    reply_aattach,
+    reply_astart,
+    reply_find,
+)
 from .selectors import (
     SIDEBAR_LENGTH,
     conversation_aget_owned,
@@ -37,9 +44,8 @@ from .selectors import (
     message_get_for_user,
 )
 from .serializers import conversation_detail, conversation_summary
-from .services import ChatRequest
 from .sse import EventStreamResponse
-from .streams import JsonFramer, QueryFramer, ReplyFrames
+from .streams import JsonFramer, QueryFramer, ReplyFrames, parse_event_id, saved_reply_frames
 
 
 @login_required
@@ -76,32 +82,56 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @api_view("GET", "POST")
 async def chat_stream(request: HttpRequest) -> HttpResponse:
-    """``GET`` for EventSource and curl, ``POST`` for fetch clients; one reply either way."""
+    """``GET`` for EventSource and curl, ``POST`` for fetch clients; one reply either way.
+    A ``GET`` with ``Last-Event-ID`` resumes the reply it names, or gets 204."""
     if request.method == "GET":
-        if "HTTP_LAST_EVENT_ID" in request.META:
-            return HttpResponse(status=204)
+        last_event_id = request.headers.get("Last-Event-ID")
+        if last_event_id is not None:
+            return _resume(request, last_event_id)
         require_same_origin_session(request)
         chat_request = chat_request_from_query(request.GET)
-        framer = QueryFramer()
     else:
         payload = json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
         chat_request = chat_request_from_json(payload)
-        framer = JsonFramer()
-    return await _stream_reply(request.api_user, chat_request, framer)
+    reply = await reply_astart(user=request.api_user, chat_request=chat_request)
+    framer = QueryFramer(reply.message_id) if request.method == "GET" else JsonFramer()
+    return reply_response(reply, framer)
 
 
-async def _stream_reply(user, chat_request: ChatRequest, framer) -> EventStreamResponse:
-    slot = await stream_slots().acquire(f"user:{user.pk}")
-    try:
-        generation = await generation_aopen(user=user, chat_request=chat_request)
-    except BaseException:
-        await slot.release()
-        raise
-    frames = ReplyFrames(generation, framer, on_close=slot.release)
+def _resume(request: HttpRequest, last_event_id: str) -> HttpResponse:
+    """The rest of the reply an EventSource saw part of; 204 (which ends EventSource) when
+    there is nothing to resume: the id is malformed, not of the caller's reply, of a reply
+    this process no longer keeps, or its last frame."""
+    parsed = parse_event_id(last_event_id)
+    reply = reply_find(parsed[0]) if parsed is not None else None
+    if reply is None or reply.owner_id != request.api_user.pk or parsed[1] > reply.token_count:
+        return HttpResponse(status=204)
+    message_id, position = parsed
+    return reply_response(reply, QueryFramer(message_id, position), position=position)
+
+
+def reply_response(reply: Reply, framer, *, position: int = 0) -> EventStreamResponse:
+    frames = ReplyFrames(reply, framer, position=position)
     run_after_request(frames.aclose)
     response = EventStreamResponse(frames)
-    response["X-Conversation-Id"] = str(generation.conversation_id)
-    response["X-Message-Id"] = str(generation.message_id)
+    response["X-Conversation-Id"] = str(reply.conversation_id)
+    response["X-Message-Id"] = str(reply.message_id)
+    return response
+
+
+@api_view("GET")
+async def message_stream(request: HttpRequest, message_id: int) -> HttpResponse:
+    """A reply of the caller's from token frame ``after + 1`` on, in the POST stream's frames:
+    live while it runs, what is left and its final frame once it has ended."""
+    after = position_from_query(request.GET, "after")
+    attached = await reply_aattach(user=request.api_user, message_id=message_id)
+    if isinstance(attached, Reply):
+        if after > attached.token_count:
+            raise ApiError(400, "invalid_request", "'after' is past the frames of this reply.")
+        return reply_response(attached, JsonFramer(), position=after)
+    response = EventStreamResponse(saved_reply_frames(attached, after=after))
+    response["X-Conversation-Id"] = str(attached.conversation_id)
+    response["X-Message-Id"] = str(attached.pk)
     return response
 
 

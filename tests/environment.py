@@ -10,6 +10,9 @@ import secrets
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
+# A reply whose client left is stopped at once, here and in the servers the tests start (which
+# inherit this environment); the tests of the detach grace set their own.
+os.environ.setdefault("CHAT_DETACH_GRACE_SECONDS", "0")
 # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make between
 # browser steps are still plain synchronous calls.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -9,7 +9,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
-from conversations import asyncdb, heartbeats, redis_client, stops
+from conversations import asyncdb, redis_client
+from conversations.replies import heartbeats, stops
 
 
 def run_in_new_loop(coroutine):

@@ -20,6 +20,11 @@ class Frame:
     def is_comment(self) -> bool:
         return all(name == "" for name, _ in self.fields)
 
+    @property
+    def has_data(self) -> bool:
+        """An event, not a comment or a frame of only ``retry:``."""
+        return any(name == "data" for name, _ in self.fields)
+
     def get(self, name: str) -> str | None:
         values = [value for key, value in self.fields if key == name]
         return "\n".join(values) if values else None
@@ -56,7 +61,7 @@ def iter_frames(response: httpx.Response) -> Iterator[Frame]:
 
 
 def content_frames(frames: list[Frame]) -> list[Frame]:
-    return [frame for frame in frames if not frame.is_comment]
+    return [frame for frame in frames if frame.has_data]
 
 
 def parse_body(body: bytes) -> list[Frame]:

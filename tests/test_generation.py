@@ -10,9 +10,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError
 
-from conversations.generation import RUNNING, Generation, generation_aopen
 from conversations.models import Conversation
 from conversations.providers import ChatProvider, StreamOutcome, get_provider
+from conversations.replies.reply import Reply
+from conversations.replies.running import RUNNING, reply_astart
 from conversations.services import ChatRequest
 from tests.conftest import UPSTREAM_KEY
 from tests.loops import run_in_new_loop
@@ -46,7 +47,7 @@ def test_upstream_request_is_closed_when_a_new_conversation_cannot_be_saved(
         warm_up = [{"role": "user", "content": "warm up"}]
         assert [d async for d in openai_provider.stream(warm_up, StreamOutcome())] == ["ok"]
         with pytest.raises(IntegrityError):
-            await generation_aopen(
+            await reply_astart(
                 user=nobody, chat_request=ChatRequest(message="rows cannot be saved")
             )
         # Poll while this loop still runs, as a server's would: until the request that went
@@ -97,11 +98,11 @@ def test_stopping_a_reply_ends_it_even_if_the_code_below_keeps_a_cancellation(pr
     """A stop that did not take was a reply (and its upstream request) left running."""
 
     async def start_then_stop() -> float:
-        generation = Generation(provider=provider, keepalive_seconds=0, max_seconds=60)
-        generation.start([{"role": "user", "content": "hello"}])
+        reply = Reply(provider=provider, keepalive_seconds=0, max_seconds=60)
+        reply.start([{"role": "user", "content": "hello"}])
         await asyncio.sleep(0.01)
         started = time.monotonic()
-        await asyncio.wait_for(generation.adiscard(), timeout=5)
+        await asyncio.wait_for(reply.adiscard(), timeout=5)
         return time.monotonic() - started
 
     assert run_in_new_loop(start_then_stop()) < 1.0

@@ -63,13 +63,14 @@ def test_get_stream_sends_json_string_frames_with_ids_then_done(client, fake_ups
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["x-accel-buffering"] == "no"
     assert response.headers["x-conversation-id"].isdigit()
-    assert response.headers["x-message-id"].isdigit()
+    message_id = int(response.headers["x-message-id"])
     sent = [t for t in TRICKY_TOKENS if t]
-    expected = b"".join(
-        b"id: %d\ndata: %s\n\n" % (n, json.dumps(t, ensure_ascii=False).encode())
+    # retry: first; each id names the reply and how many of its frames the client then has.
+    expected = b"retry: 2000\n\n" + b"".join(
+        b"id: %d-%d\ndata: %s\n\n" % (message_id, n, json.dumps(t, ensure_ascii=False).encode())
         for n, t in enumerate(sent, start=1)
     )
-    expected += b"id: %d\ndata: [DONE]\n\n" % (len(sent) + 1)
+    expected += b"id: %d-%d\ndata: [DONE]\n\n" % (message_id, len(sent) + 1)
     assert without_pings(response.content) == expected
 
 
@@ -104,7 +105,7 @@ def test_keepalive_comment_is_sent_while_the_upstream_is_slow(client, fake_upstr
     with client.stream("GET", "/api/chat/stream", params={"message": "slow-start"}) as response:
         frames = list(iter_frames(response))
 
-    first_data = next(i for i, f in enumerate(frames) if not f.is_comment)
+    first_data = next(i for i, f in enumerate(frames) if f.has_data)
     pings = [f for f in frames[:first_data] if f.raw == ": ping"]
     assert len(pings) >= 2
     assert json.loads(frames[first_data].data) == "late"

@@ -96,7 +96,7 @@ def test_client_disconnect_closes_upstream_and_saves_partial_reply_as_cancelled(
     message_id = int(response.headers["x-message-id"])
     received = []
     for frame in iter_frames(response):
-        if not frame.is_comment:
+        if frame.has_data:
             received.append(frame)
         if len(received) == 5:
             break
@@ -380,7 +380,7 @@ def test_reply_in_flight_when_the_server_is_stopped_is_saved_as_interrupted(
 
     with session_client(server.url, make_user("erin")) as client:
         response, message_id, frames = open_stream(client, "stop the server")
-        next(frame for frame in frames if not frame.is_comment)
+        next(frame for frame in frames if frame.has_data)
         # Ctrl-C twice: the second one stops uvicorn without waiting for open streams.
         server.process.send_signal(signal.SIGINT)
         assert wait_until(lambda: "Waiting for connections to close" in server.log())
@@ -408,7 +408,7 @@ def test_reply_of_a_killed_server_keeps_the_text_of_its_last_checkpoint(
 
     with session_client(server.url, make_user("finn")) as client:
         response, message_id, frames = open_stream(client, "kill the server")
-        tokens = (frame.json()["token"] for frame in frames if not frame.is_comment)
+        tokens = (frame.json()["token"] for frame in frames if frame.has_data)
         received = "".join(itertools.islice(tokens, 30))
         assert wait_until(lambda: Message.objects.get(pk=message_id).content.startswith(received))
         server.process.kill()
@@ -446,13 +446,13 @@ def test_a_reply_whose_producer_is_alive_is_never_marked_stale_whatever_its_age(
 
     with session_client(server.url, make_user("gail")) as client:
         response, message_id, frames = open_stream(client, "still alive")
-        next(frame for frame in frames if not frame.is_comment)
+        next(frame for frame in frames if frame.has_data)
         Message.objects.filter(pk=message_id).update(created_at=timezone.now() - timedelta(days=1))
         out = io.StringIO()
         call_command("interrupt_stale_replies", older_than=0, stdout=out)
         assert Message.objects.get(pk=message_id).status == "streaming"
         assert out.getvalue().strip() == "0 stale replies marked interrupted."
-        received = [frame.json() for frame in frames if not frame.is_comment]
+        received = [frame.json() for frame in frames if frame.has_data]
         response.close()
 
     assert (received[-1]["done"], received[-1]["status"]) == (True, "complete")

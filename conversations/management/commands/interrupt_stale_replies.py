@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from redis.exceptions import RedisError
 
-from conversations.services import messages_interrupt_stale
+from conversations.replies import messages_interrupt_stale
 
 
 class Command(BaseCommand):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from .redis_client import key_prefix, redis_client, sync_redis_client
+from ..redis_client import key_prefix, redis_client, sync_redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,14 @@ def replies_alive(message_ids: Collection[int]) -> set[int]:
     if not settings.REDIS_URL or not message_ids:
         return set()
     alive = sync_redis_client().register_script(ALIVE_SCRIPT)(keys=[key()], args=list(message_ids))
+    return {int(message_id) for message_id in alive}
+
+
+async def replies_aalive(message_ids: Collection[int]) -> set[int]:
+    """replies_alive on the event loop."""
+    if not settings.REDIS_URL or not message_ids:
+        return set()
+    alive = await redis_client().register_script(ALIVE_SCRIPT)(keys=[key()], args=list(message_ids))
     return {int(message_id) for message_id in alive}
 
 

@@ -1,6 +1,6 @@
 """Stopping a reply that another server process produces.
 
-A reply runs in the process that received its request (``generation.RUNNING``). With
+A reply runs in the process that received its request (``running.RUNNING``). With
 REDIS_URL set, every process that produces replies also listens on one Redis channel: a stop
 request that reaches another process is published there, the process holding the reply stops
 it, and the publisher waits until the reply's row is saved. Without Redis there is one
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from .errors import Unavailable
-from .models import Message
-from .redis_client import key_prefix, redis_client
+from ..errors import Unavailable
+from ..models import Message
+from ..redis_client import key_prefix, redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,82 @@
+"""Ending replies on request, and settling those whose producing process died."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
+
+from ..errors import Conflict, NotFound
+from ..models import Conversation, Message
+from ..selectors import message_aget_owned
+from ..services import MIN_STALE_AGE, messages_mark_interrupted
+from .heartbeats import replies_aalive, replies_alive
+from .reply import Reply
+from .running import reply_astop_here, reply_find
+from .stops import reply_astop_elsewhere
+
+
+async def reply_astop(message_id: int) -> bool:
+    """Stop a reply in whichever process produces it and wait until it is saved; False if
+    none did."""
+    return await reply_astop_here(message_id) or await reply_astop_elsewhere(message_id)
+
+
+async def message_acancel(*, user: AbstractBaseUser, message_id: int) -> Message:
+    """Stop the caller's reply if it is still streaming, in whichever process produces it,
+    and return it as saved; Conflict if no process stopped it (the one producing it died)."""
+    message = await message_aget_owned(user, message_id)
+    if message.status == Message.Status.STREAMING:
+        stopped = await reply_astop(message.pk)
+        await message.arefresh_from_db()
+        if not stopped and message.status == Message.Status.STREAMING:
+            raise Conflict(
+                "not_cancellable_here",
+                "No server process stopped this reply: the one producing it has stopped running.",
+            )
+    return message
+
+
+async def conversation_adelete(*, conversation: Conversation) -> None:
+    """Stop the conversation's replies still streaming, in whichever process, then delete it
+    with its messages."""
+    streaming = Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING)
+    message_ids = [message_id async for message_id in streaming.values_list("pk", flat=True)]
+    await asyncio.gather(*(reply_astop(message_id) for message_id in message_ids))
+    await conversation.adelete()
+
+
+def messages_interrupt_stale(*, older_than: timedelta) -> int:
+    """Mark replies left ``streaming`` by a process that died as ``interrupted``: those older
+    than ``older_than`` whose producer no longer beats (``heartbeats``; without Redis, age
+    alone decides). Raises RedisError if Redis is configured but cannot be asked."""
+    cutoff = timezone.now() - max(older_than, MIN_STALE_AGE)
+    streaming = Message.objects.filter(status=Message.Status.STREAMING, created_at__lt=cutoff)
+    candidates = set(streaming.values_list("pk", flat=True))
+    return messages_mark_interrupted(message_ids=candidates - replies_alive(candidates))
+
+
+async def reply_aattach(*, user: AbstractBaseUser, message_id: int) -> Reply | Message:
+    """The caller's reply to attach to: running or lately ended in this process (its tokens),
+    else its saved row. A row left streaming by a process that died is marked interrupted
+    first; NotFound for anything but the caller's assistant message."""
+    reply = reply_find(message_id)
+    if reply is not None and reply.owner_id == user.pk:
+        return reply
+    message = await message_aget_owned(user, message_id)
+    if message.role != Message.Role.ASSISTANT:
+        raise NotFound("message_not_found", "No such reply.")
+    if message.status == Message.Status.STREAMING:
+        young = timezone.now() - message.created_at < MIN_STALE_AGE
+        if young or await replies_aalive([message_id]):
+            raise Conflict(
+                "reply_elsewhere",
+                "This reply is being written by another server process; try again shortly.",
+                retry_after=1,
+            )
+        await sync_to_async(messages_mark_interrupted)(message_ids=[message_id])
+        await message.arefresh_from_db()
+    return message

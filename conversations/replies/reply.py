@@ -1,0 +1,385 @@
+"""One assistant reply in flight, from the first upstream call to its single finalisation.
+
+The producing side (a task iterating the provider) is apart from the responses that carry the
+reply: each attaches at a position (``attach``), reads the tokens past it (``tokens_from``,
+``wait_beyond``) and detaches when its client goes. A reply nobody is attached to any more goes
+on for CHAT_DETACH_GRACE_SECONDS, so a client that reloads or reconnects can pick it up, and is
+stopped (upstream closed, partial text saved as cancelled) if none does. An explicit stop
+(``stop``, ``aclose``) ends it at once. Nothing here runs a timer per token: keep-alives, the
+time limit, checkpoints and the grace are one timer each per reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from array import array
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from ..models import Message
+from ..providers import ChatMessage, ChatProvider, ProviderError, StreamOutcome
+from ..services import (
+    INTERRUPTED_CODE,
+    INTERRUPTED_MESSAGE,
+    message_acheckpoint,
+    message_afinalize,
+)
+from ..storable import storable
+
+logger = logging.getLogger(__name__)
+
+CANCEL_RETRY_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a reply ended."""
+
+    status: str
+    error_code: str = ""
+    error_message: str = ""
+
+    @classmethod
+    def of(cls, message: Message) -> Finished:
+        return cls(message.status, message.error_code, message.error_message)
+
+
+COMPLETE = Finished(Message.Status.COMPLETE)
+STOPPED = Finished(Message.Status.CANCELLED, "stopped", "The reply was stopped on request.")
+CLIENT_LEFT = Finished(
+    Message.Status.CANCELLED, "client_left", "The client left and no client came back for it."
+)
+TIMED_OUT = Finished(
+    Message.Status.ERROR, "stream_timeout", "The reply took too long and was stopped."
+)
+INTERRUPTED = Finished(Message.Status.INTERRUPTED, INTERRUPTED_CODE, INTERRUPTED_MESSAGE)
+INTERNAL_ERROR = Finished(
+    Message.Status.ERROR, "internal_error", "The reply failed because of an error on the server."
+)
+NOT_SAVED = Finished(Message.Status.ERROR, "save_failed", "The reply could not be saved.")
+STOP_REASONS = {"stopped": STOPPED, "client_left": CLIENT_LEFT, "timeout": TIMED_OUT}
+
+
+def too_long(max_chars: int) -> Finished:
+    return Finished(
+        Message.Status.ERROR,
+        "reply_too_long",
+        f"The reply passed the limit of {max_chars} characters and was stopped.",
+    )
+
+
+class Reply:
+    def __init__(
+        self,
+        *,
+        provider: ChatProvider,
+        keepalive_seconds: float,
+        max_seconds: float,
+        checkpoint_seconds: float = 0.0,
+        max_chars: int = 200_000,
+        detach_grace_seconds: float = 0.0,
+    ) -> None:
+        self.provider = provider
+        self.owner_id: int | None = None
+        self.conversation_id: int | None = None
+        self.message_id: int | None = None
+        self.keepalive_seconds = keepalive_seconds
+        self.max_seconds = max_seconds
+        self.checkpoint_seconds = checkpoint_seconds
+        self.max_chars = max_chars
+        self.detach_grace_seconds = detach_grace_seconds
+        self.finished: Finished | None = None
+        """Set once the reply has ended and been saved (or could not be)."""
+        self.attached = 0
+        self.attaches = 0
+        """Attachments after the first (resumes, reloads, other tabs), saved with the reply."""
+        self._parts: list[str] = []
+        self._text = ""
+        self._ends: array | None = None
+        """After the end, the tokens are kept compactly: the text and where each token ends."""
+        self._waiters: list[asyncio.Future[None]] = []
+        self._on_end: list[Callable[[], Awaitable[None]]] = []
+        self._checkpointed = 0
+        self._checkpoint: asyncio.TimerHandle | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._grace: asyncio.TimerHandle | None = None
+        self._cancel_retry: asyncio.TimerHandle | None = None
+        self._last_news = 0.0
+        self._stop_reason: str | None = None
+        self._finalising = False
+        self._saved: asyncio.Future[bool] | None = None
+
+    # -- the producing side ---------------------------------------------------------------
+
+    def start(self, prompt: Sequence[ChatMessage]) -> None:
+        """Send the prompt upstream; the rows may be bound later, before the reply is saved."""
+        loop = asyncio.get_running_loop()
+        self._last_news = loop.time()
+        self._saved = loop.create_future()
+        self._task = loop.create_task(self._produce(prompt), name="reply")
+        self._deadline = loop.call_later(self.max_seconds, self.stop, "timeout")
+        if self.keepalive_seconds > 0:
+            self._keepalive = loop.call_later(self.keepalive_seconds, self._keepalive_tick)
+        if self.checkpoint_seconds > 0:
+            self._checkpoint = loop.call_later(self.checkpoint_seconds, self._checkpoint_tick)
+
+    def bind(self, *, owner_id: int, conversation_id: int, message_id: int) -> None:
+        """The saved rows this reply finalises."""
+        self.owner_id = owner_id
+        self.conversation_id, self.message_id = conversation_id, message_id
+        self._saved.set_result(True)
+
+    def on_end(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await ``callback`` once the reply has ended and been saved (or could not be)."""
+        self._on_end.append(callback)
+
+    async def adiscard(self) -> None:
+        """Stop a reply whose rows could not be saved; it then saves nothing."""
+        self._saved.set_result(False)
+        self.stop("discarded")
+        await asyncio.wait([self._task])
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop producing: the upstream request is closed and the partial reply saved."""
+        task = self._task
+        if task is None or task.done() or self._finalising or self._stop_reason:
+            return
+        loop = asyncio.get_running_loop()
+        if task.cancelling():
+            # Being cancelled already: a server shutting down cancels every task at once, and
+            # such a reply is saved as interrupted. But the count can also be left above zero by
+            # code below (seen while the upstream request was on its way), so a task still
+            # running shortly after is stopped as asked.
+            self._cancel_retry = loop.call_later(CANCEL_RETRY_SECONDS, self._stop_late, reason)
+            return
+        self._stop_reason = reason
+        self._cancel()
+
+    def _stop_late(self, reason: str) -> None:
+        if not (self._task.done() or self._finalising or self._stop_reason):
+            self._stop_reason = reason
+            self._cancel()
+
+    def _cancel(self) -> None:
+        """Cancel the producing task, and again until it gives up: code below it can swallow a
+        cancellation, and a reply left waiting for its upstream would never end."""
+        if self._task.done() or self._finalising:
+            return
+        self._task.cancel()
+        loop = asyncio.get_running_loop()
+        self._cancel_retry = loop.call_later(CANCEL_RETRY_SECONDS, self._cancel)
+
+    async def aclose(self) -> None:
+        """Stop if still running and wait until the reply is saved."""
+        self.stop()
+        await self.aended()
+
+    async def _produce(self, prompt: Sequence[ChatMessage]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first_token_at: float | None = None
+        parts = self._parts
+        room = self.max_chars
+        outcome = StreamOutcome()
+        finished = COMPLETE
+        try:
+            async with aclosing(self.provider.stream(prompt, outcome)) as deltas:
+                async for delta in deltas:
+                    if first_token_at is None:
+                        first_token_at = loop.time()
+                    # What the database cannot store is replaced before any client sees it,
+                    # so what is sent is what is saved.
+                    delta = storable(delta)
+                    room -= len(delta)
+                    if room < 0:
+                        # Closing the provider's stream closes the upstream request.
+                        finished = too_long(self.max_chars)
+                        delta = delta[:room]
+                        if delta:
+                            parts.append(delta)
+                        break
+                    parts.append(delta)
+                    self._wake()
+        except ProviderError as exc:
+            finished = Finished(Message.Status.ERROR, exc.code, exc.message)
+        except asyncio.CancelledError:
+            finished = INTERRUPTED
+            if self._stop_reason is None:
+                raise
+            finished = STOP_REASONS.get(self._stop_reason, STOPPED)
+        except Exception:
+            logger.exception("reply %s failed", self.message_id)
+            finished = INTERNAL_ERROR
+        finally:
+            self._finalising = True
+            for timer in (
+                self._deadline,
+                self._keepalive,
+                self._cancel_retry,
+                self._checkpoint,
+                self._grace,
+            ):
+                if timer is not None:
+                    timer.cancel()
+            try:
+                if await self._saved:
+                    await self._finalize(finished, outcome, parts, started, first_token_at)
+            except Exception:
+                logger.exception("reply %s could not be saved", self.message_id)
+                finished = NOT_SAVED
+            finally:
+                self._end(finished)
+                for callback in self._on_end:
+                    try:
+                        await callback()
+                    except Exception:
+                        logger.exception("reply %s: the work for its end failed", self.message_id)
+
+    def _end(self, finished: Finished) -> None:
+        """Mark the reply ended, and keep its tokens compactly for clients that resume it."""
+        self._text = "".join(self._parts)
+        self._ends = array("I", _running_total(self._parts))
+        self._parts = []
+        self.finished = finished
+        self._wake()
+
+    async def _finalize(
+        self,
+        finished: Finished,
+        outcome: StreamOutcome,
+        parts: list[str],
+        started: float,
+        first_token_at: float | None,
+    ) -> None:
+        ended = asyncio.get_running_loop().time()
+        await message_afinalize(
+            message_id=self.message_id,
+            conversation_id=self.conversation_id,
+            status=finished.status,
+            content="".join(parts),
+            ttft_ms=_ms(first_token_at - started) if first_token_at is not None else None,
+            duration_ms=_ms(ended - started),
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            finish_reason=outcome.finish_reason,
+            error_code=finished.error_code,
+            error_message=finished.error_message,
+            attach_count=self.attaches,
+        )
+        logger.info(
+            "reply %s %s: %d deltas in %.0f ms",
+            self.message_id,
+            finished.status,
+            len(parts),
+            (ended - started) * 1000,
+        )
+
+    # -- the reading side -----------------------------------------------------------------
+
+    @property
+    def token_count(self) -> int:
+        return len(self._ends) if self._ends is not None else len(self._parts)
+
+    def tokens_from(self, position: int) -> list[str]:
+        """The tokens after the first ``position``."""
+        if self._ends is None:
+            return self._parts[position:]
+        ends = self._ends
+        if position >= len(ends):
+            return []
+        starts = [ends[position - 1] if position else 0, *ends[position:-1]]
+        return [self._text[start:end] for start, end in zip(starts, ends[position:], strict=True)]
+
+    async def wait_beyond(self, position: int) -> bool:
+        """Wait until there are tokens past ``position`` or the reply has ended (True), or
+        until it is time for a keep-alive (False)."""
+        if self.token_count > position or self.finished is not None:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                self._waiters.remove(waiter)
+        return self.token_count > position or self.finished is not None
+
+    def attach(self) -> None:
+        """A client reads this reply: it is not stopped for want of one."""
+        if self.attached == 0 and self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self.attached += 1
+
+    def reattach(self) -> None:
+        """A client resumes or joins this reply (counted, and saved with it)."""
+        self.attaches += 1
+        self.attach()
+
+    def detach(self) -> bool:
+        """A client has gone. When it was the last, the reply is stopped after the grace
+        unless another attaches meanwhile, or at once with no grace (then True)."""
+        self.attached -= 1
+        if self.attached > 0 or self.finished is not None or self._finalising:
+            return False
+        if self.detach_grace_seconds <= 0:
+            self.stop("client_left")
+            return True
+        if self._grace is None:
+            loop = asyncio.get_running_loop()
+            self._grace = loop.call_later(self.detach_grace_seconds, self._grace_over)
+        return False
+
+    async def aended(self) -> None:
+        """Wait until the reply has ended and been saved."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if self.attached == 0:
+            self.stop("client_left")
+
+    def _wake(self) -> None:
+        self._last_news = asyncio.get_running_loop().time()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _keepalive_tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._last_news
+        if idle >= self.keepalive_seconds * 0.99:
+            self._wake()
+            idle = 0.0
+        self._keepalive = loop.call_later(self.keepalive_seconds - idle, self._keepalive_tick)
+
+    def _checkpoint_tick(self) -> None:
+        """Save the text so far, if it grew, while the reply goes on: a process that dies
+        mid-reply then leaves it behind for ``interrupt_stale_replies``."""
+        loop = asyncio.get_running_loop()
+        grew = len(self._parts) > self._checkpointed
+        idle = self._checkpointing is None or self._checkpointing.done()
+        if self.message_id is not None and grew and idle and not self._finalising:
+            self._checkpointed = len(self._parts)
+            save = message_acheckpoint(message_id=self.message_id, content="".join(self._parts))
+            self._checkpointing = loop.create_task(save, context=contextvars.Context())
+        self._checkpoint = loop.call_later(self.checkpoint_seconds, self._checkpoint_tick)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _running_total(parts: list[str]):
+    total = 0
+    for part in parts:
+        total += len(part)
+        yield total

@@ -1,0 +1,172 @@
+"""The replies this process produces, and those it ended lately, by assistant message id.
+
+A reply is started here (``reply_astart``): its rows are opened and its upstream request sent.
+While it runs it is in RUNNING, where stop requests (from this process or, through Redis, from
+another) find it. Once it has ended and been saved, its tokens are kept for
+CHAT_REPLY_RETENTION_SECONDS in ENDED, so that a client that saw part of it can still resume
+it frame for frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections import OrderedDict
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+
+from ..limits import stream_slots
+from ..providers import get_provider
+from ..services import (
+    ChatRequest,
+    OpenedReply,
+    message_aclose_abandoned,
+    new_conversation_prompt,
+    reply_aopen,
+)
+from .heartbeats import replies_alive, reply_announce
+from .reply import Reply
+from .stops import listen_for_stops
+
+logger = logging.getLogger(__name__)
+
+RUNNING: dict[int, Reply] = {}
+"""Replies being produced in this process."""
+ENDED: OrderedDict[int, tuple[float, Reply]] = OrderedDict()
+"""Replies this process ended lately, oldest first, with the time they are forgotten."""
+
+
+async def reply_astart(*, user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
+    """Take one of the user's stream slots (held until the reply ends), save the user's
+    message, open the assistant's, and start the reply."""
+    slot = await stream_slots().acquire(f"user:{user.pk}")
+    try:
+        reply = await _astart(user, chat_request)
+    except BaseException:
+        await slot.release()
+        raise
+    reply.on_end(slot.release)
+    return reply
+
+
+async def _astart(user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
+    """A new conversation's prompt is known before anything is saved, so its upstream request
+    goes out first and the rows are written while the model thinks; a stored conversation's
+    prompt is read back from the database first."""
+    provider = get_provider()
+    reply = Reply(
+        provider=provider,
+        keepalive_seconds=settings.CHAT_KEEPALIVE_SECONDS,
+        max_seconds=settings.CHAT_STREAM_MAX_SECONDS,
+        checkpoint_seconds=settings.CHAT_CHECKPOINT_SECONDS,
+        max_chars=settings.CHAT_MAX_REPLY_CHARS,
+        detach_grace_seconds=settings.CHAT_DETACH_GRACE_SECONDS,
+    )
+    options = {
+        "user": user,
+        "chat_request": chat_request,
+        "model": provider.model,
+        "default_system_prompt": settings.CHAT_SYSTEM_PROMPT,
+        "still_running": still_running,
+    }
+    if chat_request.conversation_id is not None:
+        opened = await _rows_aopen(options)
+        reply.start(opened.prompt)
+    else:
+        reply.start(new_conversation_prompt(chat_request, settings.CHAT_SYSTEM_PROMPT))
+        try:
+            opened = await _rows_aopen(options)
+        except BaseException:
+            await reply.adiscard()
+            raise
+    message_id = opened.assistant_message.pk
+    reply.bind(owner_id=user.pk, conversation_id=opened.conversation.pk, message_id=message_id)
+    # The reply cannot end before this: it is saved only once bound.
+    RUNNING[message_id] = reply
+    reply.on_end(lambda: _ended(message_id))
+    listen_for_stops(stop_running)
+    reply_announce(message_id, running=RUNNING.keys)
+    return reply
+
+
+async def _ended(message_id: int) -> None:
+    """Only once the reply is saved: a stop asked for meanwhile waits for this save."""
+    reply = RUNNING.pop(message_id, None)
+    if reply is not None and settings.CHAT_REPLY_RETENTION_SECONDS > 0:
+        _forget_expired()
+        ENDED[message_id] = (time.monotonic() + settings.CHAT_REPLY_RETENTION_SECONDS, reply)
+
+
+def _forget_expired() -> None:
+    now = time.monotonic()
+    while ENDED:
+        message_id, (forget_at, _) = next(iter(ENDED.items()))
+        if forget_at > now:
+            return
+        del ENDED[message_id]
+
+
+def still_running(message_id: int) -> bool:
+    """Whether a reply still streaming has a producer, here or (by its heartbeat) elsewhere.
+    Called from a worker thread."""
+    return message_id in RUNNING or bool(replies_alive([message_id]))
+
+
+def reply_find(message_id: int) -> Reply | None:
+    """The reply if this process produces it or ended it lately."""
+    reply = RUNNING.get(message_id)
+    if reply is None:
+        _forget_expired()
+        kept = ENDED.get(message_id)
+        reply = kept[1] if kept is not None else None
+    return reply
+
+
+ABANDONED: set[asyncio.Task] = set()
+"""Saves of replies whose client left while their rows were being written."""
+
+
+async def _rows_aopen(options: dict) -> OpenedReply:
+    """reply_aopen; if the caller is cancelled meanwhile (the client left), the worker thread
+    still writes the rows, and the reply is then saved as cancelled, not left streaming."""
+    opening = asyncio.ensure_future(reply_aopen(**options))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_cancel_abandoned_reply)
+        raise
+
+
+def _cancel_abandoned_reply(opening: asyncio.Future[OpenedReply]) -> None:
+    if opening.cancelled():
+        return
+    if opening.exception() is not None:
+        logger.warning("a reply's rows could not be saved", exc_info=opening.exception())
+        return
+    opened = opening.result()
+    save = message_aclose_abandoned(
+        message_id=opened.assistant_message.pk, conversation_id=opened.conversation.pk
+    )
+    # A fresh context: nothing of the request's, which has ended, is carried into the save.
+    task = asyncio.get_running_loop().create_task(save, context=contextvars.Context())
+    ABANDONED.add(task)
+    task.add_done_callback(ABANDONED.discard)
+
+
+def stop_running(message_id: int) -> None:
+    """Stop a reply if this process produces it (asked by another process)."""
+    reply = RUNNING.get(message_id)
+    if reply is not None:
+        reply.stop()
+
+
+async def reply_astop_here(message_id: int) -> bool:
+    """Stop a reply produced by this process and wait until it is saved; False if not here."""
+    reply = RUNNING.get(message_id)
+    if reply is None:
+        return False
+    await reply.aclose()
+    return True
