@@ -100,6 +100,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_ratelimit",
     "conversations",
 ]
 
@@ -149,8 +150,16 @@ if REDIS_URL:
             "OPTIONS": {"pool_class": "chatsite.cache.SharedConnectionPool"},
         }
     }
+    # django-ratelimit 4.1 lists django-redis but not Django's own RedisCache (new in Django 4.0,
+    # jsocol/django-ratelimit#283). It has what the check asks for: one server shared by every
+    # worker, and atomic counters (add is SET NX, incr is INCRBY).
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Without REDIS_URL the site runs as one process (make run, the tests): this process's memory
+    # is then the only place requests are counted, so it is shared by everything that counts, as
+    # for the chat limits. Several workers need REDIS_URL.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -227,6 +236,11 @@ CHAT_STREAMS_PER_USER = env_number("CHAT_STREAMS_PER_USER", 10)
 CHAT_STREAM_QUEUE_LENGTH = env_number("CHAT_STREAM_QUEUE_LENGTH", 20)
 CHAT_STREAM_QUEUE_WAIT_SECONDS = env_number("CHAT_STREAM_QUEUE_WAIT_SECONDS", 10.0, float)
 CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
+# Sign-in and sign-up attempts (POSTs), per client IP and per POSTed username, in the same
+# rate syntax; counted in Django's cache (Redis when REDIS_URL is set) by django-ratelimit.
+CHAT_SIGNIN_RATE_PER_USERNAME = env_str("CHAT_SIGNIN_RATE_PER_USERNAME", "5/5m")
+CHAT_SIGNIN_RATE_PER_IP = env_str("CHAT_SIGNIN_RATE_PER_IP", "20/5m")
+CHAT_SIGNUP_RATE_PER_IP = env_str("CHAT_SIGNUP_RATE_PER_IP", "10/h")
 # How long a cancel or a delete waits for another process to stop a reply (REDIS_URL only).
 CHAT_STOP_WAIT_SECONDS = env_number("CHAT_STOP_WAIT_SECONDS", 5.0, float)
 

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.views import LoginView
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views import defaults
@@ -11,6 +13,7 @@ from django.views.csrf import csrf_failure as default_csrf_failure
 
 from chatsite.lifecycle import run_after_request
 
+from .attempts import SIGN_IN, SIGN_UP, attempts_limited
 from .errors import ApiError, error_response
 from .generation import generation_aopen, reply_astop
 from .http import api_view, is_api_path
@@ -59,6 +62,11 @@ def message_fragment(request: HttpRequest, conversation_id: int, message_id: int
     return render(request, "conversations/_message.html", {"message": message})
 
 
+sign_in = attempts_limited(SIGN_IN)(LoginView.as_view())
+admin_sign_in = attempts_limited(SIGN_IN)(admin.site.login)
+
+
+@attempts_limited(SIGN_UP)
 def signup(request: HttpRequest) -> HttpResponse:
     if not settings.CHAT_SIGNUP_ENABLED:
         raise Http404("Sign-up is turned off.")

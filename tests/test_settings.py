@@ -80,3 +80,10 @@ def test_cache_is_redis_exactly_when_redis_url_is_set():
     cache.set("settings-test", "round trip", 5)
     assert cache.get("settings-test") == "round trip"
     cache.delete("settings-test")
+
+
+def test_refuses_to_start_with_a_malformed_sign_in_rate():
+    result = run_settings(DJANGO_DEBUG="1", CHAT_SIGNIN_RATE_PER_USERNAME="5 a minute")
+
+    assert result.returncode != 0
+    assert "CHAT_SIGNIN_RATE_PER_USERNAME: not a rate: '5 a minute'" in result.stderr
