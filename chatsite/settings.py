@@ -205,6 +205,13 @@ SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 CSRF_FAILURE_VIEW = "conversations.views.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
+# HTTPS. Off by default: the tests and the bench serve DJANGO_DEBUG=0 over plain HTTP on
+# loopback. Production values are in .env.example (HSTS is hard to take back: read it first).
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS = env_number("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+
 # --- The chat relay -------------------------------------------------------------------------
 
 CHAT_SIGNUP_ENABLED = env_bool("CHAT_SIGNUP_ENABLED", default=True)
@@ -240,6 +247,15 @@ CHAT_STREAMS_PER_USER = env_number("CHAT_STREAMS_PER_USER", 10)
 CHAT_STREAM_QUEUE_LENGTH = env_number("CHAT_STREAM_QUEUE_LENGTH", 20)
 CHAT_STREAM_QUEUE_WAIT_SECONDS = env_number("CHAT_STREAM_QUEUE_WAIT_SECONDS", 10.0, float)
 CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
+# X-Forwarded-Proto: https marks a request as HTTPS, but only from CHAT_TRUSTED_PROXIES: the
+# security middleware drops the header from anyone else (chatsite.middleware).
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    if not CHAT_TRUSTED_PROXIES:
+        raise ImproperlyConfigured(
+            "DJANGO_SECURE_PROXY_SSL_HEADER=1 needs CHAT_TRUSTED_PROXIES: X-Forwarded-Proto is "
+            "believed only from those proxies."
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Sign-in and sign-up attempts (POSTs), per client IP and per POSTed username, in the same
 # rate syntax; counted in Django's cache (Redis when REDIS_URL is set) by django-ratelimit.
 CHAT_SIGNIN_RATE_PER_USERNAME = env_str("CHAT_SIGNIN_RATE_PER_USERNAME", "5/5m")
