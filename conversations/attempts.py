@@ -3,12 +3,15 @@
 Only POSTs count: showing a form is free. The counters live in Django's cache, so in Redis
 (shared by every worker) when REDIS_URL is set and in this process's memory otherwise. Over a
 limit the view does not run at all (a right password sent then signs nobody in); the visitor
-gets the plain 429 page with Retry-After instead of django-ratelimit's 403.
+gets the plain 429 page with Retry-After instead of django-ratelimit's 403. When Redis cannot be
+reached the attempt is refused too (503, logged), as the API's limits do: taking Redis down must
+not lift the limits.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import unicodedata
 from collections.abc import Callable
@@ -22,8 +25,11 @@ from django.utils.cache import add_never_cache_headers
 from django_ratelimit.core import get_usage
 from django_ratelimit.decorators import ratelimit
 from django_ratelimit.exceptions import Ratelimited
+from redis.exceptions import RedisError
 
 from .limits import Rate, client_ip
+
+logger = logging.getLogger(__name__)
 
 # One IPv6 host usually holds a whole /64: counting single addresses would let it rotate freely
 # (django-ratelimit's own "ip" key masks the same way).
@@ -88,6 +94,9 @@ def attempts_limited(limits: tuple[AttemptLimit, ...]) -> Callable:
             except Ratelimited:
                 retry_after = seconds_until_allowed(request, limits)
                 return too_many_attempts(request, retry_after=retry_after)
+            except RedisError:  # only the counters use the cache on these views
+                logger.error("sign-in attempts cannot be counted: Redis failed", exc_info=True)
+                return attempts_uncountable(request)
 
         return limited_view
 
@@ -120,5 +129,12 @@ def wait_text(seconds: int) -> str:
 def too_many_attempts(request: HttpRequest, *, retry_after: int) -> HttpResponse:
     response = render(request, "429.html", {"wait": wait_text(retry_after)}, status=429)
     response["Retry-After"] = str(retry_after)
+    add_never_cache_headers(response)
+    return response
+
+
+def attempts_uncountable(request: HttpRequest) -> HttpResponse:
+    response = render(request, "503.html", status=503)
+    response["Retry-After"] = "5"
     add_never_cache_headers(response)
     return response

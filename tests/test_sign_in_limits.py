@@ -14,6 +14,8 @@ import httpx
 import pytest
 from django.contrib.auth import get_user_model
 
+from tests.conftest import free_port
+
 PASSWORD = "the right passphrase 42"
 
 
@@ -151,3 +153,22 @@ def test_sign_ups_from_one_address_are_limited(guarded_server, transactional_db)
     assert not get_user_model().objects.filter(username="newcomer-3").exists()
     assert elsewhere.status_code == 302
     assert get_user_model().objects.filter(username="newcomer-4").exists()
+
+
+def test_attempts_that_cannot_be_counted_are_refused_with_503_not_500(
+    start_server, transactional_db
+):
+    get_user_model().objects.create_user("kim", password=PASSWORD)
+    server = start_server(
+        "sign-in-redis-gone", CHAT_PROVIDER="demo", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
+    )
+
+    with client_from(server, "127.0.0.51") as client:
+        refused = sign_in(client, "kim", PASSWORD)
+        signed_in = is_signed_in(client)
+
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "5"
+    assert "<title>Try again shortly · chatsite</title>" in refused.text
+    assert not signed_in
+    assert "sign-in attempts cannot be counted: Redis failed" in server.log()
