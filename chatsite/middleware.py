@@ -13,6 +13,8 @@ from django.utils.cache import patch_vary_headers
 from django.utils.decorators import sync_and_async_middleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from conversations.limits import is_trusted_proxy
+
 PRIVATE = "private, no-store"
 
 
@@ -121,7 +123,23 @@ class InlineHooksMixin:
 
 
 class SecurityMiddleware(InlineHooksMixin, security.SecurityMiddleware):
-    pass
+    """Django's, but SECURE_PROXY_SSL_HEADER counts only from CHAT_TRUSTED_PROXIES.
+
+    Django believes that header (X-Forwarded-Proto) from any client, so a client reaching the
+    site directly could pass plain HTTP off as HTTPS: no SSL redirect, HSTS over HTTP. Here the
+    header is dropped first unless the socket's address is a trusted proxy.
+    """
+
+    def __init__(self, get_response) -> None:
+        super().__init__(get_response)
+        proxy_ssl_header = settings.SECURE_PROXY_SSL_HEADER
+        self.proxy_ssl_header = proxy_ssl_header[0] if proxy_ssl_header else None
+
+    def process_request(self, request):
+        header = self.proxy_ssl_header
+        if header in request.META and not is_trusted_proxy(request.META.get("REMOTE_ADDR", "")):
+            del request.META[header]
+        return super().process_request(request)
 
 
 class SessionMiddleware(InlineHooksMixin, sessions_middleware.SessionMiddleware):

@@ -104,6 +104,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_ratelimit",
+    "chatsite",
     "conversations",
 ]
 
@@ -120,6 +122,10 @@ MIDDLEWARE = [
     "chatsite.middleware.MessageMiddleware",
     "chatsite.middleware.XFrameOptionsMiddleware",
 ]
+# Django's deploy checks look for its security, CSRF and X-Frame-Options middlewares by path, so
+# they missed the subclasses above (security.W001-W003, though the headers are sent) and then
+# skipped the checks that depend on them. chatsite.checks checks by class and runs those.
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 
 ROOT_URLCONF = "chatsite.urls"
 ASGI_APPLICATION = "chatsite.asgi.application"
@@ -153,8 +159,16 @@ if REDIS_URL:
             "OPTIONS": {"pool_class": "chatsite.cache.SharedConnectionPool"},
         }
     }
+    # django-ratelimit 4.1 lists django-redis but not Django's own RedisCache (new in Django 4.0,
+    # jsocol/django-ratelimit#283). It has what the check asks for: one server shared by every
+    # worker, and atomic counters (add is SET NX, incr is INCRBY).
+    SILENCED_SYSTEM_CHECKS += ["django_ratelimit.W001"]
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Without REDIS_URL the site runs as one process (make run, the tests): this process's memory
+    # is then the only place requests are counted, so it is shared by everything that counts, as
+    # for the chat limits. Several workers need REDIS_URL.
+    SILENCED_SYSTEM_CHECKS += ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -195,6 +209,12 @@ SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 CSRF_FAILURE_VIEW = "conversations.views.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
+# HTTPS. Off by default: the tests and the bench serve DJANGO_DEBUG=0 over plain HTTP on
+# loopback. Production values are in .env.example (HSTS is hard to take back: read it first).
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS = env_number("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 
 # --- The chat relay -------------------------------------------------------------------------
 
@@ -240,6 +260,20 @@ CHAT_HEARTBEAT_SECONDS = env_number("CHAT_HEARTBEAT_SECONDS", 5.0, float)
 CHAT_DETACH_GRACE_SECONDS = env_number("CHAT_DETACH_GRACE_SECONDS", 10.0, float)
 # How long an ended reply's tokens are kept for clients that resume it frame for frame.
 CHAT_REPLY_RETENTION_SECONDS = env_number("CHAT_REPLY_RETENTION_SECONDS", 60.0, float)
+# X-Forwarded-Proto: https marks a request as HTTPS, but only from CHAT_TRUSTED_PROXIES: the
+# security middleware drops the header from anyone else (chatsite.middleware).
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    if not CHAT_TRUSTED_PROXIES:
+        raise ImproperlyConfigured(
+            "DJANGO_SECURE_PROXY_SSL_HEADER=1 needs CHAT_TRUSTED_PROXIES: X-Forwarded-Proto is "
+            "believed only from those proxies."
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Sign-in and sign-up attempts (POSTs), per client IP and per POSTed username, in the same
+# rate syntax; counted in Django's cache (Redis when REDIS_URL is set) by django-ratelimit.
+CHAT_SIGNIN_RATE_PER_USERNAME = env_str("CHAT_SIGNIN_RATE_PER_USERNAME", "5/5m")
+CHAT_SIGNIN_RATE_PER_IP = env_str("CHAT_SIGNIN_RATE_PER_IP", "20/5m")
+CHAT_SIGNUP_RATE_PER_IP = env_str("CHAT_SIGNUP_RATE_PER_IP", "10/h")
 # How long a cancel or a delete waits for another process to stop a reply (REDIS_URL only).
 CHAT_STOP_WAIT_SECONDS = env_number("CHAT_STOP_WAIT_SECONDS", 5.0, float)
 

@@ -1,8 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from conversations.views import admin_sign_in, sign_in
+
 urlpatterns = [
+    # Ahead of the admin's and Django's auth URLs: the same sign-in views, their POSTs counted
+    # together (conversations.attempts).
+    path("admin/login/", admin_sign_in),
     path("admin/", admin.site.urls),
+    path("accounts/login/", sign_in, name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("conversations.urls")),
 ]

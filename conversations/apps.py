@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 
@@ -8,7 +9,8 @@ class ConversationsConfig(AppConfig):
     verbose_name = "Conversations"
 
     def ready(self) -> None:
-        from .limits import request_counter, stream_slots
+        from .attempts import RATE_SETTINGS
+        from .limits import Rate, request_counter, stream_slots
         from .providers import get_provider
 
         get_provider()  # import the SDK and build its client now, not during the first request
@@ -16,4 +18,9 @@ class ConversationsConfig(AppConfig):
             request_counter()
         except ValueError as error:
             raise ImproperlyConfigured(f"CHAT_RATE_LIMIT: {error}") from None
+        for name in RATE_SETTINGS:
+            try:
+                Rate.parse(getattr(settings, name))
+            except ValueError as error:
+                raise ImproperlyConfigured(f"{name}: {error}") from None
         stream_slots()

@@ -3,9 +3,11 @@ from __future__ import annotations
 import sys
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.views import LoginView
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -15,6 +17,7 @@ from django.views.csrf import csrf_failure as default_csrf_failure
 from chatsite.lifecycle import run_after_request
 
 from . import outages
+from .attempts import SIGN_IN, SIGN_UP, attempts_limited
 from .auth import require_same_origin_session
 from .errors import ApiError, error_response
 from .http import api_view, is_api_path
@@ -69,6 +72,11 @@ def message_fragment(request: HttpRequest, conversation_id: int, message_id: int
     return render(request, "conversations/_message.html", {"message": message})
 
 
+sign_in = attempts_limited(SIGN_IN)(LoginView.as_view())
+admin_sign_in = attempts_limited(SIGN_IN)(admin.site.login)
+
+
+@attempts_limited(SIGN_UP)
 def signup(request: HttpRequest) -> HttpResponse:
     if not settings.CHAT_SIGNUP_ENABLED:
         raise Http404("Sign-up is turned off.")
@@ -205,4 +213,5 @@ def database_unavailable(request: HttpRequest) -> HttpResponse:
     if is_api_path(request):
         message = "The database cannot be reached right now; try again shortly."
         return error_response(503, "database_unavailable", message, headers=retry)
-    return HttpResponse(render_to_string("503.html"), status=503, headers=retry)
+    page = render_to_string("503.html", {"reason": "The site cannot reach its database right now."})
+    return HttpResponse(page, status=503, headers=retry)

@@ -16,3 +16,8 @@ os.environ.setdefault("CHAT_DETACH_GRACE_SECONDS", "0")
 # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make between
 # browser steps are still plain synchronous calls.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# Every test signs in from 127.0.0.1, and counters in Redis outlive a run: the sign-in and
+# sign-up limits are raised here so that runs in a row are not refused. The tests of those
+# limits start their own servers with low rates and a fresh CACHE_KEY_PREFIX.
+for name in ("CHAT_SIGNIN_RATE_PER_IP", "CHAT_SIGNIN_RATE_PER_USERNAME", "CHAT_SIGNUP_RATE_PER_IP"):
+    os.environ.setdefault(name, "1000/m")

@@ -91,3 +91,10 @@ def test_env_example_lists_every_setting_the_settings_read():
     assert len(read) > 20
     assert read - listed == set(), "settings missing from .env.example"
     assert listed - read == set(), ".env.example lists settings that are not read"
+
+
+def test_refuses_to_start_with_a_malformed_sign_in_rate():
+    result = run_settings(DJANGO_DEBUG="1", CHAT_SIGNIN_RATE_PER_USERNAME="5 a minute")
+
+    assert result.returncode != 0
+    assert "CHAT_SIGNIN_RATE_PER_USERNAME: not a rate: '5 a minute'" in result.stderr

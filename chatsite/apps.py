@@ -1,0 +1,11 @@
+"""The project package as an app, so that its system checks are registered."""
+
+from django.apps import AppConfig
+
+
+class ChatsiteConfig(AppConfig):
+    name = "chatsite"
+    verbose_name = "chatsite"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401 - registering is importing (Django's usual place)
