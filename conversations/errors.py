@@ -38,6 +38,10 @@ class Conflict(DomainError):
     """Not possible in the thing's present state."""
 
 
+class Mismatch(DomainError):
+    """The request contradicts an earlier one it claims to repeat."""
+
+
 class Busy(DomainError):
     """A limit of the caller's is reached for now."""
 

@@ -15,6 +15,7 @@ from .errors import (
     Busy,
     Conflict,
     DomainError,
+    Mismatch,
     NotFound,
     Unavailable,
     api_error_response,
@@ -68,7 +69,13 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
     return decorator
 
 
-STATUSES: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, Busy: 429, Unavailable: 503}
+STATUSES: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Mismatch: 422,
+    Busy: 429,
+    Unavailable: 503,
+}
 
 
 def as_api_error(error: DomainError) -> ApiError:

@@ -165,6 +165,20 @@ def history_from_json(history: object) -> list:
     return items
 
 
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key_from(request: HttpRequest) -> str | None:
+    """The ``Idempotency-Key`` header (an opaque string of up to 255 characters), if sent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise bad_request(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+            "invalid_idempotency_key",
+        )
+    return key
+
+
 def position_from_query(query: QueryDict, name: str) -> int:
     """A count of frames a client has (0 when absent), or a 400 naming the parameter."""
     raw = query.get(name, "")

@@ -112,18 +112,35 @@ def openapi_document() -> dict:
                             "name": "Last-Event-ID",
                             "in": "header",
                             "required": False,
-                            "description": "An EventSource reconnect: answered 204, no reply.",
+                            "description": "An EventSource reconnecting: the id of the last "
+                            "frame it has (`<message id>-<n>`); the stream resumes with the "
+                            "next frame. Never starts a reply.",
                             "schema": {"type": "string"},
                         },
                     ],  # fmt: skip
                     "responses": {
-                        "200": _stream_response('id: 1\ndata: "Hello"\n\nid: 2\ndata: [DONE]\n\n'),
-                        "204": {"description": "Reconnect after the end: nothing to resume."},
+                        "200": _stream_response(
+                            'retry: 2000\n\nid: 42-1\ndata: "Hello"\n\nid: 42-2\ndata: [DONE]\n\n'
+                        ),
+                        "204": {
+                            "description": "A `Last-Event-ID` with nothing to resume: not an "
+                            "id of the caller's reply this server keeps, or its last frame."
+                        },
                         **STREAM_ERRORS,
                     },
                 },
                 "post": {
                     "summary": "Stream a reply (fetch clients)",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "schema": {"type": "string", "maxLength": 255},
+                            "description": "Sent again with the same body within 24 h, the "
+                            "request gets the reply the first one started, from its start, "
+                            "instead of a second generation.",
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _ref("ChatRequest")}},
@@ -135,7 +152,15 @@ def openapi_document() -> dict:
                             '"message_id": 2, "status": "complete"}\n\n'
                         ),
                         **STREAM_ERRORS,
+                        "409": _error(
+                            "The conversation's last reply is still being written "
+                            "(`reply_in_progress`; `message_id` names it, to attach to)."
+                        ),
                         "413": _error(f"Body larger than {limits['body_bytes']} bytes."),
+                        "422": _error(
+                            "The Idempotency-Key was used with another body "
+                            "(`idempotency_key_reused`)."
+                        ),
                         "415": _error("Body is not application/json."),
                     },
                 },

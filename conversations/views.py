@@ -24,10 +24,12 @@ from .http import api_view, is_api_path
 from .inputs import (
     chat_request_from_json,
     chat_request_from_query,
+    idempotency_key_from,
     json_body,
     pagination_from_query,
     position_from_query,
 )
+from .models import Message
 from .openapi import openapi_document
 from .outages import is_database_unavailable
 from .replies import (
@@ -36,6 +38,7 @@ from .replies import (
     message_acancel,
     reply_aattach,
     reply_astart,
+    reply_astart_once,
     reply_find,
 )
 from .selectors import (
@@ -98,12 +101,16 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
             return _resume(request, last_event_id)
         require_same_origin_session(request)
         chat_request = chat_request_from_query(request.GET)
-    else:
-        payload = json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
-        chat_request = chat_request_from_json(payload)
-    reply = await reply_astart(user=request.api_user, chat_request=chat_request)
-    framer = QueryFramer(reply.message_id) if request.method == "GET" else JsonFramer()
-    return reply_response(reply, framer)
+        reply = await reply_astart(user=request.api_user, chat_request=chat_request)
+        return reply_response(reply, QueryFramer(reply.message_id))
+    payload = json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
+    chat_request = chat_request_from_json(payload)
+    started = await reply_astart_once(
+        user=request.api_user,
+        chat_request=chat_request,
+        idempotency_key=idempotency_key_from(request),
+    )
+    return attached_response(started, after=0)
 
 
 def _resume(request: HttpRequest, last_event_id: str) -> HttpResponse:
@@ -133,6 +140,12 @@ async def message_stream(request: HttpRequest, message_id: int) -> HttpResponse:
     live while it runs, what is left and its final frame once it has ended."""
     after = position_from_query(request.GET, "after")
     attached = await reply_aattach(user=request.api_user, message_id=message_id)
+    return attached_response(attached, after=after)
+
+
+def attached_response(attached: Reply | Message, *, after: int) -> EventStreamResponse:
+    """A reply's POST-format frames past ``after``: live from a reply this process keeps, or
+    from the saved row of one it no longer does."""
     if isinstance(attached, Reply):
         if after > attached.token_count:
             raise ApiError(400, "invalid_request", "'after' is past the frames of this reply.")

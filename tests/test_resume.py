@@ -247,3 +247,45 @@ def test_a_second_message_while_a_reply_streams_is_409_naming_the_reply(
     error = second.json()["error"]
     assert (error["code"], error["message_id"]) == ("reply_in_progress", message_id)
     assert fake_upstream.requests_for("and another") == []
+
+
+def test_a_post_sent_again_with_its_idempotency_key_gets_the_same_reply_not_a_second(
+    resumable, make_user, fake_upstream
+):
+    fake_upstream.script("only once", tokens=TOKENS, interval=0.02)
+    key = {"Idempotency-Key": "send-7f1c"}
+    with (
+        session_client(resumable.url, make_user("bea")) as client,
+        client.stream("POST", "/api/chat/stream", json={"message": "only once"}, headers=key) as a,
+    ):
+        retried_while_streaming = client.post(
+            "/api/chat/stream", json={"message": "only once"}, headers=key
+        )
+        first = content_frames(list(iter_frames(a)))
+        retried_after_the_end = client.post(
+            "/api/chat/stream", json={"message": "only once"}, headers=key
+        )
+
+    for retried in (retried_while_streaming, retried_after_the_end):
+        assert retried.status_code == 200
+        assert retried.headers["x-message-id"] == a.headers["x-message-id"]
+        assert [f.json() for f in content_frames(parse_body(retried.content))] == [
+            f.json() for f in first
+        ]
+    assert [f.json()["token"] for f in first[:-1]] == TOKENS
+    assert len(fake_upstream.requests_for("only once")) == 1
+
+
+def test_an_idempotency_key_sent_with_another_body_is_422(resumable, make_user, fake_upstream):
+    key = {"Idempotency-Key": "reused-key"}
+    with session_client(resumable.url, make_user("cal")) as client:
+        first = client.post("/api/chat/stream", json={"message": "first body"}, headers=key)
+        other = client.post("/api/chat/stream", json={"message": "other body"}, headers=key)
+    with session_client(resumable.url, make_user("dee")) as someone_else:
+        theirs = someone_else.post("/api/chat/stream", json={"message": "other body"}, headers=key)
+
+    assert first.status_code == 200
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert len(fake_upstream.requests_for("other body")) == 1  # the other user's
+    assert theirs.status_code == 200

@@ -12,6 +12,7 @@ from .control import (
     message_acancel,
     messages_interrupt_stale,
     reply_aattach,
+    reply_astart_once,
     reply_astop,
 )
 from .reply import Finished, Reply
@@ -24,6 +25,7 @@ __all__ = [
     "message_acancel",
     "messages_interrupt_stale",
     "reply_aattach",
+    "reply_astart_once",
     "reply_astart",
     "reply_astop",
     "reply_find",

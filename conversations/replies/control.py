@@ -12,10 +12,11 @@ from django.utils import timezone
 from ..errors import Conflict, NotFound
 from ..models import Conversation, Message
 from ..selectors import message_aget_owned
-from ..services import MIN_STALE_AGE, messages_mark_interrupted
+from ..services import MIN_STALE_AGE, ChatRequest, messages_mark_interrupted
 from .heartbeats import replies_aalive, replies_alive
+from .idempotency import key_aclaim, key_arecord, key_arelease
 from .reply import Reply
-from .running import reply_astop_here, reply_find
+from .running import reply_astart, reply_astop_here, reply_find
 from .stops import reply_astop_elsewhere
 
 
@@ -80,3 +81,23 @@ async def reply_aattach(*, user: AbstractBaseUser, message_id: int) -> Reply | M
         await sync_to_async(messages_mark_interrupted)(message_ids=[message_id])
         await message.arefresh_from_db()
     return message
+
+
+async def reply_astart_once(
+    *, user: AbstractBaseUser, chat_request: ChatRequest, idempotency_key: str | None
+) -> Reply | Message:
+    """Start a reply, or, for a request repeated with the same ``Idempotency-Key``, the reply
+    its first sending started (to attach to from its start: the model is not called again)."""
+    if idempotency_key is None:
+        return await reply_astart(user=user, chat_request=chat_request)
+    claim = {"user_id": user.pk, "key": idempotency_key}
+    started = await key_aclaim(**claim, chat_request=chat_request)
+    if started is not None:
+        return await reply_aattach(user=user, message_id=started)
+    try:
+        reply = await reply_astart(user=user, chat_request=chat_request)
+    except BaseException:
+        await asyncio.shield(key_arelease(**claim))
+        raise
+    await key_arecord(**claim, chat_request=chat_request, message_id=reply.message_id)
+    return reply
