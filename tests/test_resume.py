@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
 import pytest
@@ -253,7 +254,7 @@ def test_a_post_sent_again_with_its_idempotency_key_gets_the_same_reply_not_a_se
     resumable, make_user, fake_upstream
 ):
     fake_upstream.script("only once", tokens=TOKENS, interval=0.02)
-    key = {"Idempotency-Key": "send-7f1c"}
+    key = {"Idempotency-Key": f"send-{uuid.uuid4()}"}
     with (
         session_client(resumable.url, make_user("bea")) as client,
         client.stream("POST", "/api/chat/stream", json={"message": "only once"}, headers=key) as a,
@@ -277,7 +278,7 @@ def test_a_post_sent_again_with_its_idempotency_key_gets_the_same_reply_not_a_se
 
 
 def test_an_idempotency_key_sent_with_another_body_is_422(resumable, make_user, fake_upstream):
-    key = {"Idempotency-Key": "reused-key"}
+    key = {"Idempotency-Key": f"reused-{uuid.uuid4()}"}
     with session_client(resumable.url, make_user("cal")) as client:
         first = client.post("/api/chat/stream", json={"message": "first body"}, headers=key)
         other = client.post("/api/chat/stream", json={"message": "other body"}, headers=key)
