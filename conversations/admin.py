@@ -49,6 +49,7 @@ class TranscriptInline(admin.TabularInline):
     fields = [
         "created_at", "role", "content", "status", "ttft_ms", "duration_ms",
         "prompt_tokens", "completion_tokens", "finish_reason", "error_code", "error_message",
+        "attach_count",
     ]  # fmt: skip
     readonly_fields = fields
     verbose_name = "message"
@@ -130,8 +131,11 @@ class ConversationAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "conversation", "role", "status", "model", "created_at", "ttft_ms"]
-    list_filter = ["role", "status", "model", "created_at"]
+    list_display = [
+        "id", "conversation", "role", "status", "error_code", "model", "created_at", "ttft_ms",
+        "attach_count",
+    ]  # fmt: skip
+    list_filter = ["role", "status", "error_code", "model", "created_at"]
     search_fields = ["content"]
     list_select_related = ["conversation"]
     date_hierarchy = "created_at"

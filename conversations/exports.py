@@ -17,6 +17,7 @@ def message_export(message: Message) -> dict:
         **exported,
         **metrics,
         "error_code": message.error_code,
+        "attach_count": message.attach_count,
         "error_message": message.error_message,
     }
 
