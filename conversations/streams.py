@@ -96,10 +96,11 @@ async def saved_reply_frames(message: Message, *, after: int) -> AsyncIterator[b
 
 
 class ReplyFrames:
-    """A reply's frames from ``position`` on, as a response body. It is attached to the reply
-    from the start; however the response ends, even if it is never sent (the client left
-    before its first frame), ``aclose`` detaches it and runs ``on_close``; calling it again does
-    nothing."""
+    """A reply's frames from ``position`` on, as a response body, attached to the reply from
+    the start (``joining``: to resume or watch it, which the reply counts, rather than as the
+    response that started it). However the response ends, even if it is never sent (the
+    client left before its first frame), ``aclose`` detaches it and runs ``on_close``; calling
+    it again does nothing."""
 
     def __init__(
         self,
@@ -107,6 +108,7 @@ class ReplyFrames:
         framer: QueryFramer | JsonFramer,
         *,
         position: int = 0,
+        joining: bool = True,
         on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.reply = reply
@@ -114,7 +116,7 @@ class ReplyFrames:
         self.position = position
         self.on_close = on_close
         self._closed = False
-        if position:
+        if joining:
             reply.reattach()
         else:
             reply.attach()

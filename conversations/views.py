@@ -102,15 +102,17 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         require_same_origin_session(request)
         chat_request = chat_request_from_query(request.GET)
         reply = await reply_astart(user=request.api_user, chat_request=chat_request)
-        return reply_response(reply, QueryFramer(reply.message_id))
+        return reply_response(reply, QueryFramer(reply.message_id), joining=False)
     payload = json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
     chat_request = chat_request_from_json(payload)
-    started = await reply_astart_once(
+    reply, fresh = await reply_astart_once(
         user=request.api_user,
         chat_request=chat_request,
         idempotency_key=idempotency_key_from(request),
     )
-    return attached_response(started, after=0)
+    if fresh:
+        return reply_response(reply, JsonFramer(), joining=False)
+    return attached_response(reply, after=0)
 
 
 def _resume(request: HttpRequest, last_event_id: str) -> HttpResponse:
@@ -125,8 +127,10 @@ def _resume(request: HttpRequest, last_event_id: str) -> HttpResponse:
     return reply_response(reply, QueryFramer(message_id, position), position=position)
 
 
-def reply_response(reply: Reply, framer, *, position: int = 0) -> EventStreamResponse:
-    frames = ReplyFrames(reply, framer, position=position)
+def reply_response(
+    reply: Reply, framer, *, position: int = 0, joining: bool = True
+) -> EventStreamResponse:
+    frames = ReplyFrames(reply, framer, position=position, joining=joining)
     run_after_request(frames.aclose)
     response = EventStreamResponse(frames)
     response["X-Conversation-Id"] = str(reply.conversation_id)

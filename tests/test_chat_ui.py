@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -251,7 +252,12 @@ def test_a_connection_dropped_mid_reply_is_shown_and_the_text_so_far_kept(
     doomed.process.kill()
 
     reply = last_assistant(page)
-    expect(reply.get_by_role("alert")).to_have_text("Error: the connection to the server was lost.")
+    expect(reply).to_have_class(re.compile(r"\breconnecting\b"))
+    expect(page.get_by_role("status")).to_have_text("Reconnecting…")
+    # Five tries over 15.5 s, then the page gives up.
+    expect(reply.get_by_role("alert")).to_have_text(
+        "Error: the connection to the server was lost.", timeout=25_000
+    )
     expect(reply.locator(".message-body")).to_contain_text("d0 d1 d2 d3 d4 d5 ")
     expect(page.get_by_role("status")).to_have_text("The reply failed.")
     expect(composer(page)).to_be_enabled()
@@ -366,3 +372,39 @@ def test_the_page_parses_sse_split_across_chunks_and_line_endings(server, browse
     assert events[3]["data"] == "first line\nsecond line"
     assert events[3]["id"] == "7"
     assert events[4]["data"] == '{"token": "é你", "done": true}'
+
+
+def test_a_reply_goes_on_through_a_reload_and_a_second_tab_watches_it(
+    start_server, browser_page_for, user, fake_upstream
+):
+    patient = start_server(
+        "patient",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_DETACH_GRACE_SECONDS="5",
+    )
+    tokens = [f"p{i} " for i in range(120)]
+    fake_upstream.script("reload me", tokens=tokens, interval=0.03)
+    page = browser_page_for(user, patient)
+    other_tab = browser_page_for(user, patient)
+    page.goto("/")
+    send(page, "reload me")
+    expect(page.locator(".message.assistant.streaming .message-body")).to_contain_text("p5 ")
+    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
+
+    page.reload()
+    other_tab.goto(page.url)
+
+    for tab in (page, other_tab):
+        growing = tab.locator(".message.assistant.streaming .message-body")
+        expect(growing).to_contain_text("p20 ")
+        expect(tab.get_by_role("button", name="Stop")).to_be_visible()
+    for tab in (page, other_tab):
+        done = tab.locator('.message.assistant[data-status="complete"]')
+        expect(done).to_have_count(1, timeout=10_000)
+        expect(done.locator(".message-body")).to_have_text("".join(tokens).strip())
+        expect(tab.get_by_role("status")).to_have_text("The reply is complete.")
+    reply = Message.objects.get(role="assistant")
+    assert (reply.status, reply.content) == ("complete", "".join(tokens))
+    assert reply.attach_count == 2
+    assert len(fake_upstream.requests_for("reload me")) == 1

@@ -85,19 +85,20 @@ async def reply_aattach(*, user: AbstractBaseUser, message_id: int) -> Reply | M
 
 async def reply_astart_once(
     *, user: AbstractBaseUser, chat_request: ChatRequest, idempotency_key: str | None
-) -> Reply | Message:
-    """Start a reply, or, for a request repeated with the same ``Idempotency-Key``, the reply
-    its first sending started (to attach to from its start: the model is not called again)."""
+) -> tuple[Reply | Message, bool]:
+    """Start a reply (and True), or, for a request repeated with the same ``Idempotency-Key``,
+    the reply its first sending started, to attach to from its start (and False): the model is
+    not called again."""
     if idempotency_key is None:
-        return await reply_astart(user=user, chat_request=chat_request)
+        return await reply_astart(user=user, chat_request=chat_request), True
     claim = {"user_id": user.pk, "key": idempotency_key}
     started = await key_aclaim(**claim, chat_request=chat_request)
     if started is not None:
-        return await reply_aattach(user=user, message_id=started)
+        return await reply_aattach(user=user, message_id=started), False
     try:
         reply = await reply_astart(user=user, chat_request=chat_request)
     except BaseException:
         await asyncio.shield(key_arelease(**claim))
         raise
     await key_arecord(**claim, chat_request=chat_request, message_id=reply.message_id)
-    return reply
+    return reply, True

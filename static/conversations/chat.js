@@ -1,5 +1,7 @@
 // The chat page's stream reader: POST /api/chat/stream with fetch, parse SSE from the body,
-// append tokens as text, then swap in the server-rendered copy of the saved reply.
+// append tokens as text, then swap in the server-rendered copy of the saved reply. A dropped
+// connection is picked up again where it left off, and a page opened while its conversation's
+// last reply streams attaches to it.
 
 /** An incremental SSE parser (https://html.spec.whatwg.org/multipage/server-sent-events.html). */
 export class SSEParser {
@@ -65,7 +67,6 @@ const transcript = document.getElementById("transcript");
 const statusRegion = document.getElementById("chat-status");
 const conversationList = document.getElementById("conversation-list");
 
-let controller = null;
 let followOutput = true;
 let followedTop = 0;
 
@@ -189,104 +190,225 @@ async function swapForSaved(article, convId, messageId) {
   }
 }
 
-async function send(text) {
-  const userArticle = messageNode("user", text);
-  const reply = messageNode("assistant", "");
-  reply.classList.add("streaming");
-  reply.setAttribute("aria-busy", "true");
-  const body = reply.querySelector(".message-body");
-  const textNode = document.createTextNode("");
-  body.append(textNode);
-  followOutput = true;
-  scrollToEnd();
-  setStreaming(true);
-  announce("The assistant is replying.");
-  controller = new AbortController();
+const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
 
-  let outcome = "ended";
-  let ids = { conversation: null, message: null };
-  try {
-    const payload = { message: text };
-    const conversationId = form.dataset.conversationId;
-    if (conversationId) payload.conversation_id = Number(conversationId);
-    const response = await fetch(form.dataset.streamUrl, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": form.dataset.csrfToken },
-      body: JSON.stringify(payload),
-      credentials: "same-origin",
-      signal: controller.signal,
-    });
-    if (!response.ok) {
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(new DOMException("Aborted", "AbortError"));
+    }, { once: true });
+  });
+}
+
+/** Read a reply's POST-format frames from ``response``: tokens go to ``onToken``. Returns
+ *  "done", "stopped", "failed" (an ``event: error`` frame, already shown) or "cut" (the body
+ *  ended before the final frame); throws if the connection breaks. */
+async function readFrames(response, reply, onToken) {
+  let outcome = "cut";
+  const parser = new SSEParser((event) => {
+    if (event.type === "error") {
       outcome = "failed";
-      addNote(reply, await errorMessage(response), "failed");
-      restoreDraft(text);
+      let message = "The reply failed.";
+      try {
+        message = JSON.parse(event.data).message || message;
+      } catch {
+        // keep the generic message
+      }
+      addNote(reply, `Error: ${message}`, "failed");
       return;
     }
-    ids = {
+    const frame = JSON.parse(event.data);
+    if (frame.done) {
+      // Stopped elsewhere (another tab, the API) ends with status "cancelled".
+      outcome = frame.status === "cancelled" ? "stopped" : "done";
+      return;
+    }
+    onToken(frame.token);
+  });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    parser.push(decoder.decode(value, { stream: true }));
+  }
+  parser.push(decoder.decode());
+  return outcome;
+}
+
+/** Follow a reply to its end: the response given, then, if the connection drops, the attach
+ *  endpoint from the frames already received (with backoff, showing "Reconnecting…"). */
+async function follow(reply, first, messageId, state) {
+  const body = reply.querySelector(".message-body");
+  const textNode = document.createTextNode("");
+  body.replaceChildren(textNode);
+  const onToken = (token) => {
+    state.received += 1;
+    textNode.appendData(token);
+    scrollToEnd();
+  };
+  let response = first;
+  let attempt = 0;
+  for (;;) {
+    try {
+      const outcome = await readFrames(response, reply, onToken);
+      if (outcome !== "cut") return outcome;
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+    }
+    if (attempt >= RECONNECT_DELAYS_MS.length) {
+      addNote(reply, "Error: the connection to the server was lost.", "failed");
+      return "failed";
+    }
+    reply.classList.add("reconnecting");
+    announce("Reconnecting…");
+    for (;;) {
+      await sleep(RECONNECT_DELAYS_MS[attempt], state.controller.signal);
+      attempt += 1;
+      try {
+        response = await fetch(`/api/messages/${messageId}/stream?after=${state.received}`, {
+          credentials: "same-origin",
+          signal: state.controller.signal,
+        });
+        if (response.ok) break;
+      } catch (error) {
+        if (error.name === "AbortError") throw error;
+      }
+      if (attempt >= RECONNECT_DELAYS_MS.length) {
+        reply.classList.remove("reconnecting");
+        addNote(reply, "Error: the connection to the server was lost.", "failed");
+        return "failed";
+      }
+    }
+    reply.classList.remove("reconnecting");
+    announce("The assistant is replying.");
+  }
+}
+
+let current = null;
+
+/** Show a reply streaming in ``reply`` (its first response given), then its saved copy. */
+async function stream(reply, state, responsePromise) {
+  reply.classList.add("streaming");
+  reply.setAttribute("aria-busy", "true");
+  setStreaming(true);
+  current = state;
+  let outcome = "failed";
+  try {
+    const response = await responsePromise;
+    if (!response.ok) {
+      addNote(reply, await errorMessage(response), "failed");
+      state.onRefused?.();
+      return;
+    }
+    state.ids = {
       conversation: response.headers.get("X-Conversation-Id"),
       message: response.headers.get("X-Message-Id"),
     };
-    if (ids.conversation) rememberConversation(ids.conversation, text.slice(0, 80));
-    userArticle.dataset.conversationId = ids.conversation;
-
-    const parser = new SSEParser((event) => {
-      if (event.type === "error") {
-        outcome = "failed";
-        let message = "The reply failed.";
-        try {
-          message = JSON.parse(event.data).message || message;
-        } catch {
-          // keep the generic message
-        }
-        addNote(reply, `Error: ${message}`, "failed");
-        return;
-      }
-      const frame = JSON.parse(event.data);
-      if (frame.done) {
-        outcome = "done";
-        return;
-      }
-      textNode.appendData(frame.token);
-      scrollToEnd();
-    });
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder("utf-8");
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      parser.push(decoder.decode(value, { stream: true }));
-    }
-    parser.push(decoder.decode());
-    if (outcome === "ended") {
-      outcome = "failed";
-      addNote(reply, "Error: the connection closed before the reply finished.", "failed");
-    }
+    state.onStarted?.(state.ids);
+    outcome = await follow(reply, response, state.ids.message, state);
+    if (outcome === "stopped") addNote(reply, "Stopped", "stopped");
   } catch (error) {
     if (error.name === "AbortError") {
       outcome = "stopped";
       addNote(reply, "Stopped", "stopped");
     } else {
-      outcome = "failed";
       addNote(reply, "Error: the connection to the server was lost.", "failed");
-      if (!ids.message) restoreDraft(text);
+      if (!state.ids) state.onRefused?.();
     }
   } finally {
-    controller = null;
-    reply.classList.remove("streaming");
+    current = null;
+    reply.classList.remove("streaming", "reconnecting");
     reply.removeAttribute("aria-busy");
     setStreaming(false);
     announce({ done: "The reply is complete.", stopped: "The reply was stopped." }[outcome]
       ?? "The reply failed.");
-    if ((outcome === "done" || outcome === "failed") && ids.message) {
-      await swapForSaved(reply, ids.conversation, ids.message);
+    if (outcome !== "stopped" && state.ids?.message) {
+      await swapForSaved(reply, state.ids.conversation, state.ids.message);
     }
+  }
+}
+
+async function send(text) {
+  const userArticle = messageNode("user", text);
+  const reply = messageNode("assistant", "");
+  followOutput = true;
+  scrollToEnd();
+  announce("The assistant is replying.");
+  const payload = { message: text };
+  const conversationId = form.dataset.conversationId;
+  if (conversationId) payload.conversation_id = Number(conversationId);
+  const state = {
+    controller: new AbortController(),
+    received: 0,
+    ids: null,
+    onRefused: () => restoreDraft(text),
+    onStarted: (ids) => {
+      if (ids.conversation) rememberConversation(ids.conversation, text.slice(0, 80));
+      userArticle.dataset.conversationId = ids.conversation;
+    },
+  };
+  const response = fetch(form.dataset.streamUrl, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      "X-CSRFToken": form.dataset.csrfToken,
+      // A send that is retried can never start a second reply.
+      "Idempotency-Key": crypto.randomUUID(),
+    },
+    body: JSON.stringify(payload),
+    credentials: "same-origin",
+    signal: state.controller.signal,
+  });
+  await stream(reply, state, response);
+}
+
+/** A page opened on a conversation whose last reply is still being written shows it growing
+ *  (after a reload, in a second tab, on a laptop waking up). */
+function attachToStreamingReply() {
+  const replies = transcript.querySelectorAll(".message.assistant");
+  const last = replies[replies.length - 1];
+  if (!last || last.dataset.status !== "streaming") return;
+  last.querySelector(".message-note")?.remove();
+  const state = {
+    controller: new AbortController(),
+    received: 0,
+    ids: { conversation: form.dataset.conversationId, message: last.dataset.messageId },
+  };
+  announce("The assistant is replying.");
+  const response = fetch(`/api/messages/${last.dataset.messageId}/stream`, {
+    credentials: "same-origin",
+    signal: state.controller.signal,
+  });
+  scrollToEnd();
+  stream(last, state, response);
+}
+
+/** Stop: the stream is closed, and the reply stopped on the server (the Stop button means
+ *  it, unlike a closed tab, which leaves the reply its detach grace). */
+async function stopCurrent() {
+  const state = current;
+  if (!state) return;
+  state.controller.abort();
+  const messageId = state.ids?.message;
+  if (!messageId) return; // not started: with no client, the server stops it after the grace
+  try {
+    await fetch(`/api/messages/${messageId}/cancel`, {
+      method: "POST",
+      headers: { "X-CSRFToken": form.dataset.csrfToken },
+      credentials: "same-origin",
+    });
+  } catch {
+    // the server stops a reply nobody reads after the detach grace all the same
   }
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = input.value;
-  if (!text.trim() || controller) return;
+  if (!text.trim() || current) return;
   input.value = "";
   send(text);
 });
@@ -298,4 +420,9 @@ input.addEventListener("keydown", (event) => {
   }
 });
 
-stopButton.addEventListener("click", () => controller?.abort());
+stopButton.addEventListener("click", stopCurrent);
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && current) stopCurrent();
+});
+
+attachToStreamingReply();
