@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 
 from conversations.models import Conversation, Message
 from tests.conftest import session_client
+from tests.tcp_proxy import CuttableProxy
 from tests.test_stream_failures import interrupt_once_its_producer_is_gone, wait_until
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -408,3 +409,59 @@ def test_a_reply_goes_on_through_a_reload_and_a_second_tab_watches_it(
     assert (reply.status, reply.content) == ("complete", "".join(tokens))
     assert reply.attach_count == 2
     assert len(fake_upstream.requests_for("reload me")) == 1
+
+
+COLLECT_EVENT_SOURCE = """(url) => {
+  window.__tokens = [];
+  window.__opens = 0;
+  window.__finished = new Promise((resolve) => {
+    const source = new EventSource(url);
+    source.onopen = () => { window.__opens += 1; };
+    source.onmessage = (event) => {
+      if (event.data === "[DONE]") {
+        source.close();
+        resolve(window.__tokens);
+        return;
+      }
+      window.__tokens.push(JSON.parse(event.data));
+    };
+  });
+}"""
+
+
+FINISHED_WITHIN_20_SECONDS = """() => Promise.race([
+  window.__finished,
+  new Promise((_, reject) => setTimeout(() => reject(new Error("no [DONE] in 20 s")), 20000)),
+])"""
+
+
+def test_an_event_source_whose_connection_is_cut_reconnects_and_misses_nothing(
+    start_server, browser_page_for, user, fake_upstream
+):
+    patient = start_server(
+        "behind-a-cut",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_DETACH_GRACE_SECONDS="5",
+    )
+    proxy = CuttableProxy(int(patient.url.rsplit(":", 1)[1])).start()
+    try:
+        tokens = [f"e{i} " for i in range(80)]
+        fake_upstream.script("cut me", tokens=tokens, interval=0.03)
+        page = browser_page_for(user, proxy)
+        page.goto("/")
+        page.evaluate(COLLECT_EVENT_SOURCE, "/api/chat/stream?message=cut+me")
+        wait_until(lambda: page.evaluate("window.__tokens.length") >= 10)
+        proxy.cut()
+
+        text = "".join(page.evaluate(FINISHED_WITHIN_20_SECONDS))
+        opens = page.evaluate("window.__opens")
+    finally:
+        proxy.stop()
+
+    assert text == "".join(tokens)
+    assert opens == 2
+    assert proxy.connections >= 2
+    assert len(fake_upstream.requests_for("cut me")) == 1
+    reply = Message.objects.get(role="assistant")
+    assert (reply.status, reply.content, reply.attach_count) == ("complete", text, 1)
