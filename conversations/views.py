@@ -29,17 +29,20 @@ from .inputs import (
     pagination_from_query,
     position_from_query,
 )
-from .models import Message
 from .openapi import openapi_document
 from .outages import is_database_unavailable
 from .replies import (
+    Attachable,
+    RemoteFrames,
+    RemoteReply,
     Reply,
     conversation_adelete,
+    kept_token_count,
     message_acancel,
     reply_aattach,
+    reply_aresume,
     reply_astart,
     reply_astart_once,
-    reply_find,
 )
 from .selectors import (
     SIDEBAR_LENGTH,
@@ -98,7 +101,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         last_event_id = request.headers.get("Last-Event-ID")
         if last_event_id is not None:
-            return _resume(request, last_event_id)
+            return await _resume(request, last_event_id)
         require_same_origin_session(request)
         chat_request = chat_request_from_query(request.GET)
         reply = await reply_astart(user=request.api_user, chat_request=chat_request)
@@ -112,19 +115,21 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     )
     if fresh:
         return reply_response(reply, JsonFramer(), joining=False)
-    return attached_response(reply, after=0)
+    return attached_response(reply, JsonFramer(), after=0)
 
 
-def _resume(request: HttpRequest, last_event_id: str) -> HttpResponse:
+async def _resume(request: HttpRequest, last_event_id: str) -> HttpResponse:
     """The rest of the reply an EventSource saw part of; 204 (which ends EventSource) when
-    there is nothing to resume: the id is malformed, not of the caller's reply, of a reply
-    this process no longer keeps, or its last frame."""
+    there is nothing to resume: the id is malformed, not of the caller's reply, of a reply no
+    longer kept, or its last frame."""
     parsed = parse_event_id(last_event_id)
-    reply = reply_find(parsed[0]) if parsed is not None else None
-    if reply is None or reply.owner_id != request.api_user.pk or parsed[1] > reply.token_count:
+    if parsed is None:
         return HttpResponse(status=204)
     message_id, position = parsed
-    return reply_response(reply, QueryFramer(message_id, position), position=position)
+    resumed = await reply_aresume(user=request.api_user, message_id=message_id, position=position)
+    if resumed is None:
+        return HttpResponse(status=204)
+    return attached_response(resumed, QueryFramer(message_id, position), after=position)
 
 
 def reply_response(
@@ -144,19 +149,34 @@ async def message_stream(request: HttpRequest, message_id: int) -> HttpResponse:
     live while it runs, what is left and its final frame once it has ended."""
     after = position_from_query(request.GET, "after")
     attached = await reply_aattach(user=request.api_user, message_id=message_id)
-    return attached_response(attached, after=after)
+    if isinstance(attached, RemoteReply):
+        count = await kept_token_count(message_id)
+        if count is not None and after > count:
+            raise ApiError(400, "invalid_request", "'after' is past the frames of this reply.")
+    return attached_response(attached, JsonFramer(), after=after)
 
 
-def attached_response(attached: Reply | Message, *, after: int) -> EventStreamResponse:
-    """A reply's POST-format frames past ``after``: live from a reply this process keeps, or
-    from the saved row of one it no longer does."""
+def attached_response(
+    attached: Attachable, framer: QueryFramer | JsonFramer, *, after: int
+) -> EventStreamResponse:
+    """A reply's frames past ``after``: live from a reply this process keeps or another
+    produces, or from the saved row of one no longer kept anywhere."""
     if isinstance(attached, Reply):
         if after > attached.token_count:
             raise ApiError(400, "invalid_request", "'after' is past the frames of this reply.")
-        return reply_response(attached, JsonFramer(), position=after)
-    response = EventStreamResponse(saved_reply_frames(attached, after=after))
-    response["X-Conversation-Id"] = str(attached.conversation_id)
-    response["X-Message-Id"] = str(attached.pk)
+        return reply_response(attached, framer, position=after)
+    if isinstance(attached, RemoteReply):
+        frames = RemoteFrames(
+            attached, framer, position=after, keepalive=settings.CHAT_KEEPALIVE_SECONDS
+        )
+        run_after_request(frames.aclose)
+        response = EventStreamResponse(frames)
+        conversation_id, message_id = attached.conversation_id, attached.message_id
+    else:
+        response = EventStreamResponse(saved_reply_frames(attached, after=after))
+        conversation_id, message_id = attached.conversation_id, attached.pk
+    response["X-Conversation-Id"] = str(conversation_id)
+    response["X-Message-Id"] = str(message_id)
     return response
 
 

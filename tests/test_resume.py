@@ -290,3 +290,106 @@ def test_an_idempotency_key_sent_with_another_body_is_422(resumable, make_user, 
     assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert len(fake_upstream.requests_for("other body")) == 1  # the other user's
     assert theirs.status_code == 200
+
+
+@pytest.fixture
+def two_workers(start_server, fake_upstream, redis_url):
+    """Two server processes sharing Redis, as two uvicorn workers would; replies wait 2 s for
+    a client to come back."""
+    shared = {
+        "CHAT_PROVIDER": "openai",
+        "OPENAI_BASE_URL": fake_upstream.base_url,
+        "REDIS_URL": redis_url,
+        "CACHE_KEY_PREFIX": f"workers-{uuid.uuid4().hex}",
+        "CHAT_DETACH_GRACE_SECONDS": "2",
+    }
+    return start_server("worker-one", **shared), start_server("worker-two", **shared)
+
+
+def test_a_reply_started_through_one_worker_is_attached_to_through_the_other(
+    two_workers, make_user, fake_upstream
+):
+    one, two = two_workers
+    user = make_user("olga")
+    fake_upstream.script("across workers", tokens=TOKENS, interval=0.03)
+    with session_client(one.url, user) as first_client:
+        first = first_client.send(
+            first_client.build_request(
+                "POST", "/api/chat/stream", json={"message": "across workers"}
+            ),
+            stream=True,
+        )
+        seen = read_some(first, 5)
+    message_id = int(first.headers["x-message-id"])
+    with session_client(two.url, user) as second_client:
+        rest = second_client.get(f"/api/messages/{message_id}/stream", params={"after": 5})
+
+    resumed = content_frames(parse_body(rest.content))
+    assert [f.json()["token"] for f in seen + resumed[:-1]] == TOKENS
+    assert resumed[-1].json()["status"] == "complete"
+    assert len(fake_upstream.requests_for("across workers")) == 1
+
+
+def test_the_grace_counts_a_client_attached_through_another_worker(
+    two_workers, make_user, fake_upstream
+):
+    one, two = two_workers
+    user = make_user("pia")
+    tokens = [f"k{i} " for i in range(120)]  # 4.8 s: longer than the 2 s grace
+    fake_upstream.script("watched elsewhere", tokens=tokens, interval=0.04)
+    with session_client(one.url, user) as first_client:
+        first = first_client.send(
+            first_client.build_request(
+                "POST", "/api/chat/stream", json={"message": "watched elsewhere"}
+            ),
+            stream=True,
+        )
+        message_id = int(first.headers["x-message-id"])
+        with (
+            session_client(two.url, user) as second_client,
+            second_client.stream("GET", f"/api/messages/{message_id}/stream") as watcher,
+        ):
+            read_some(first, 3)  # the client of the first worker leaves
+            watched = content_frames(list(iter_frames(watcher)))
+
+    assert [f.json()["token"] for f in watched[:-1]] == tokens
+    assert watched[-1].json()["status"] == "complete"
+    reply = wait_for_status(message_id)
+    assert (reply.status, reply.content) == ("complete", "".join(tokens))
+
+
+def test_an_event_source_resumes_through_the_other_worker_even_after_the_end(
+    two_workers, make_user, fake_upstream
+):
+    one, two = two_workers
+    user = make_user("quin")
+    fake_upstream.script("resume elsewhere", tokens=TOKENS, interval=0.03)
+    with session_client(one.url, user) as first_client:
+        first = first_client.send(
+            first_client.build_request(
+                "GET", "/api/chat/stream", params={"message": "resume elsewhere"}
+            ),
+            stream=True,
+        )
+        seen = read_some(first, 5)
+    message_id = int(first.headers["x-message-id"])
+    with session_client(two.url, user) as second_client:
+        live = second_client.get("/api/chat/stream", headers={"Last-Event-ID": f"{message_id}-5"})
+        wait_for_status(message_id)
+        after_end = second_client.get(
+            "/api/chat/stream", headers={"Last-Event-ID": f"{message_id}-30"}
+        )
+        after_done = second_client.get(
+            "/api/chat/stream", headers={"Last-Event-ID": f"{message_id}-{len(TOKENS) + 1}"}
+        )
+
+    resumed = content_frames(parse_body(live.content))
+    text = "".join(json.loads(f.data) for f in seen + resumed[:-1])
+    assert text == "".join(TOKENS)
+    assert resumed[0].get("id") == f"{message_id}-6"
+    assert resumed[-1].data == "[DONE]"
+    tail = content_frames(parse_body(after_end.content))
+    assert "".join(json.loads(f.data) for f in tail[:-1]) == "".join(TOKENS[30:])
+    assert tail[0].get("id") == f"{message_id}-31"
+    assert after_done.status_code == 204
+    assert len(fake_upstream.requests_for("resume elsewhere")) == 1

@@ -8,23 +8,31 @@ it, stopping it from any process, its heartbeat, and settling it when its proces
 """
 
 from .control import (
+    Attachable,
     conversation_adelete,
     message_acancel,
     messages_interrupt_stale,
     reply_aattach,
+    reply_aresume,
     reply_astart_once,
     reply_astop,
 )
+from .remote import RemoteFrames, RemoteReply, kept_token_count
 from .reply import Finished, Reply
 from .running import reply_astart, reply_find
 
 __all__ = [
+    "Attachable",
     "Finished",
+    "RemoteFrames",
+    "RemoteReply",
+    "kept_token_count",
     "Reply",
     "conversation_adelete",
     "message_acancel",
     "messages_interrupt_stale",
     "reply_aattach",
+    "reply_aresume",
     "reply_astart_once",
     "reply_astart",
     "reply_astop",

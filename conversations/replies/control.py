@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
@@ -15,9 +16,12 @@ from ..selectors import message_aget_owned
 from ..services import MIN_STALE_AGE, ChatRequest, messages_mark_interrupted
 from .heartbeats import replies_aalive, replies_alive
 from .idempotency import key_aclaim, key_arecord, key_arelease
+from .remote import RemoteReply, kept_token_count, reply_akept_elsewhere
 from .reply import Reply
 from .running import reply_astart, reply_astop_here, reply_find
 from .stops import reply_astop_elsewhere
+
+Attachable = Reply | RemoteReply | Message
 
 
 async def reply_astop(message_id: int) -> bool:
@@ -60,32 +64,55 @@ def messages_interrupt_stale(*, older_than: timedelta) -> int:
     return messages_mark_interrupted(message_ids=candidates - replies_alive(candidates))
 
 
-async def reply_aattach(*, user: AbstractBaseUser, message_id: int) -> Reply | Message:
+async def reply_aattach(*, user: AbstractBaseUser, message_id: int) -> Attachable:
     """The caller's reply to attach to: running or lately ended in this process (its tokens),
-    else its saved row. A row left streaming by a process that died is marked interrupted
-    first; NotFound for anything but the caller's assistant message."""
+    produced by another process or kept in Redis after it ended there (``RemoteReply``), else
+    its saved row. A row left streaming by a process that died is marked interrupted first;
+    NotFound for anything but the caller's assistant message."""
     reply = reply_find(message_id)
     if reply is not None and reply.owner_id == user.pk:
         return reply
     message = await message_aget_owned(user, message_id)
     if message.role != Message.Role.ASSISTANT:
         raise NotFound("message_not_found", "No such reply.")
+    remote = RemoteReply(message_id, message.conversation_id)
     if message.status == Message.Status.STREAMING:
         young = timezone.now() - message.created_at < MIN_STALE_AGE
         if young or await replies_aalive([message_id]):
-            raise Conflict(
-                "reply_elsewhere",
-                "This reply is being written by another server process; try again shortly.",
-                retry_after=1,
-            )
+            if not settings.REDIS_URL:
+                raise Conflict(
+                    "reply_elsewhere", "This reply is still starting; try again.", retry_after=1
+                )
+            return remote
         await sync_to_async(messages_mark_interrupted)(message_ids=[message_id])
         await message.arefresh_from_db()
+    elif await reply_akept_elsewhere(message_id):
+        return remote
     return message
+
+
+async def reply_aresume(*, user: AbstractBaseUser, message_id: int, position: int) -> Attachable:
+    """What a GET reconnecting after frame ``position`` of a reply resumes: the reply, here or
+    elsewhere; None if there is nothing to resume (not the caller's, no longer kept, or the
+    client has every frame)."""
+    reply = reply_find(message_id)
+    if reply is not None:
+        return reply if reply.owner_id == user.pk and position <= reply.token_count else None
+    if not settings.REDIS_URL:
+        return None
+    try:
+        attached = await reply_aattach(user=user, message_id=message_id)
+    except (NotFound, Conflict):
+        return None
+    if not isinstance(attached, RemoteReply):
+        return None
+    count = await kept_token_count(message_id)
+    return None if count is not None and position > count else attached
 
 
 async def reply_astart_once(
     *, user: AbstractBaseUser, chat_request: ChatRequest, idempotency_key: str | None
-) -> tuple[Reply | Message, bool]:
+) -> tuple[Attachable, bool]:
     """Start a reply (and True), or, for a request repeated with the same ``Idempotency-Key``,
     the reply its first sending started, to attach to from its start (and False): the model is
     not called again."""

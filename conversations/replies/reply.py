@@ -94,6 +94,10 @@ class Reply:
         self.finished: Finished | None = None
         """Set once the reply has ended and been saved (or could not be)."""
         self.attached = 0
+        self.detached_ever = False
+        """A client left before the end: one may come back, here or through another process."""
+        self.mirrored = 0
+        """How many tokens have been copied to Redis for readers in other processes."""
         self.attaches = 0
         """Attachments after the first (resumes, reloads, other tabs), saved with the reply."""
         self._parts: list[str] = []
@@ -306,7 +310,7 @@ class Reply:
         try:
             await waiter
         finally:
-            if not waiter.done():
+            if waiter in self._waiters:  # cancelled, not woken
                 self._waiters.remove(waiter)
         return self.token_count > position or self.finished is not None
 
@@ -326,6 +330,7 @@ class Reply:
         """A client has gone. When it was the last, the reply is stopped after the grace
         unless another attaches meanwhile, or at once with no grace (then True)."""
         self.attached -= 1
+        self.detached_ever = True
         if self.attached > 0 or self.finished is not None or self._finalising:
             return False
         if self.detach_grace_seconds <= 0:

@@ -28,8 +28,9 @@ from ..services import (
     reply_aopen,
 )
 from .heartbeats import replies_alive, reply_announce
+from .remote import mirror_running, reply_akeep_for_resume
 from .reply import Reply
-from .stops import listen_for_stops
+from .stops import listen_for_requests
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +88,17 @@ async def _astart(user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
     # The reply cannot end before this: it is saved only once bound.
     RUNNING[message_id] = reply
     reply.on_end(lambda: _ended(message_id))
-    listen_for_stops(stop_running)
+    listen_for_requests({"stop": stop_running, "mirror": mirror_here})
     reply_announce(message_id, running=RUNNING.keys)
     return reply
 
 
 async def _ended(message_id: int) -> None:
     """Only once the reply is saved: a stop asked for meanwhile waits for this save."""
-    reply = RUNNING.pop(message_id, None)
+    reply = RUNNING.get(message_id)
+    if reply is not None:
+        await reply_akeep_for_resume(reply)
+    RUNNING.pop(message_id, None)
     if reply is not None and settings.CHAT_REPLY_RETENTION_SECONDS > 0:
         _forget_expired()
         ENDED[message_id] = (time.monotonic() + settings.CHAT_REPLY_RETENTION_SECONDS, reply)
@@ -154,6 +158,11 @@ def _cancel_abandoned_reply(opening: asyncio.Future[OpenedReply]) -> None:
     task = asyncio.get_running_loop().create_task(save, context=contextvars.Context())
     ABANDONED.add(task)
     task.add_done_callback(ABANDONED.discard)
+
+
+def mirror_here(message_id: int) -> None:
+    """Copy a reply this process produces to Redis for a reader in another process."""
+    mirror_running(RUNNING.get(message_id))
 
 
 def stop_running(message_id: int) -> None:

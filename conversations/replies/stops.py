@@ -36,13 +36,18 @@ RETRY_SECONDS = (1.0, 30.0)
 _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
 
-def channel() -> str:
-    return f"{key_prefix()}:stop-reply"
+def channel(action: str = "stop") -> str:
+    """The channel of requests to the process producing a reply: ``stop`` it, or ``mirror``
+    its tokens for readers in other processes (``replies.remote``)."""
+    return f"{key_prefix()}:{action}-reply"
 
 
-def listen_for_stops(stop: Callable[[int], None]) -> None:
-    """Make sure this process hears stop requests (one listener per event loop, started by the
-    first reply); ``stop(message_id)`` is called for each."""
+Handlers = dict[str, Callable[[int], None]]
+
+
+def listen_for_requests(handlers: Handlers) -> None:
+    """Make sure this process hears requests about its replies (one listener per event loop,
+    started by the first reply): ``handlers[action](message_id)`` is called for each."""
     if not settings.REDIS_URL:
         return
     loop = asyncio.get_running_loop()
@@ -50,20 +55,21 @@ def listen_for_stops(stop: Callable[[int], None]) -> None:
     if listener is None or listener.done():
         # A context of its own: the listener outlives the request that started it.
         _listeners[loop] = loop.create_task(
-            _listen(stop), name="stop-listener", context=contextvars.Context()
+            _listen(handlers), name="reply-requests-listener", context=contextvars.Context()
         )
 
 
-async def _listen(stop: Callable[[int], None]) -> None:
+async def _listen(handlers: Handlers) -> None:
+    by_channel = {channel(action).encode(): handler for action, handler in handlers.items()}
     retry = RETRY_SECONDS[0]
     while True:
         try:
             async with redis_client().pubsub() as pubsub:
-                await pubsub.subscribe(channel())
+                await pubsub.subscribe(*by_channel)
                 if retry > RETRY_SECONDS[0]:
                     logger.warning("listening for stop requests again")
                 retry = RETRY_SECONDS[0]
-                await _hear(pubsub, stop)
+                await _hear(pubsub, by_channel)
         except (RedisError, OSError):
             if retry == RETRY_SECONDS[0]:
                 logger.warning("not listening for stop requests; retrying", exc_info=True)
@@ -71,27 +77,27 @@ async def _listen(stop: Callable[[int], None]) -> None:
             retry = min(retry * 2, RETRY_SECONDS[1])
 
 
-async def _hear(pubsub, stop: Callable[[int], None]) -> None:
+async def _hear(pubsub, by_channel: dict[bytes, Callable[[int], None]]) -> None:
     heard_at = time.monotonic()
     while True:
         message = await pubsub.get_message(timeout=PING_SECONDS)
         if message is not None:
             heard_at = time.monotonic()
             if message["type"] == "message":
-                _stop_named(stop, message["data"])
+                _handle(by_channel[message["channel"]], message["data"])
         elif time.monotonic() - heard_at > 2 * PING_SECONDS:
             raise ConnectionError("Redis did not answer the listener's ping")
         else:
             await pubsub.ping()
 
 
-def _stop_named(stop: Callable[[int], None], data: bytes) -> None:
+def _handle(handler: Callable[[int], None], data: bytes) -> None:
     try:
         message_id = int(data)
     except ValueError:
-        logger.warning("ignored a malformed stop request: %r", data[:100])
+        logger.warning("ignored a malformed request about a reply: %r", data[:100])
         return
-    stop(message_id)
+    handler(message_id)
 
 
 async def reply_astop_elsewhere(message_id: int) -> bool:
@@ -105,7 +111,7 @@ async def reply_astop_elsewhere(message_id: int) -> bool:
         async with asyncio.timeout(settings.CHAT_STOP_WAIT_SECONDS):
             while True:
                 if time.monotonic() >= next_publish:
-                    await redis_client().publish(channel(), str(message_id))
+                    await redis_client().publish(channel("stop"), str(message_id))
                     next_publish = time.monotonic() + REPUBLISH_SECONDS
                 await asyncio.sleep(POLL_SECONDS)
                 if not await _still_streaming(message_id):
