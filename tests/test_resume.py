@@ -393,3 +393,36 @@ def test_an_event_source_resumes_through_the_other_worker_even_after_the_end(
     assert tail[0].get("id") == f"{message_id}-31"
     assert after_done.status_code == 204
     assert len(fake_upstream.requests_for("resume elsewhere")) == 1
+
+
+def test_a_client_attached_through_another_worker_gets_a_clear_end_when_the_producer_dies(
+    two_workers, make_user, fake_upstream
+):
+    one, two = two_workers
+    user = make_user("rex")
+    fake_upstream.script("producer dies", tokens=[f"d{i} " for i in range(500)], interval=0.03)
+    with session_client(one.url, user) as first_client:
+        first = first_client.send(
+            first_client.build_request(
+                "POST", "/api/chat/stream", json={"message": "producer dies"}
+            ),
+            stream=True,
+        )
+        message_id = int(first.headers["x-message-id"])
+        with (
+            session_client(two.url, user) as second_client,
+            second_client.stream("GET", f"/api/messages/{message_id}/stream") as watcher,
+        ):
+            frames = iter_frames(watcher)
+            received = [next(f for f in frames if f.has_data) for _ in range(5)]
+            one.process.kill()
+            killed_at = time.monotonic()
+            rest = content_frames(list(frames))
+            ended_at = time.monotonic()
+
+    assert ended_at - killed_at < 5
+    assert rest[-1].event == "error"
+    assert rest[-1].json()["code"] == "interrupted"
+    text = "".join(f.json()["token"] for f in received + rest[:-1])
+    assert text.startswith("d0 d1 d2 d3 d4 ")
+    assert Message.objects.get(pk=message_id).status == "interrupted"

@@ -26,10 +26,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
 from ..redis_client import key_prefix, redis_client
+from ..services import messages_mark_interrupted
 from ..sse import KEEPALIVE
 from .heartbeats import replies_aalive
 from .reply import INTERRUPTED, Finished, Reply
@@ -231,6 +233,8 @@ class RemoteFrames:
                     )
                 if not entries:
                     if not await replies_aalive([message_id]):
+                        # Its process died: the row keeps the text of its last checkpoint.
+                        await sync_to_async(messages_mark_interrupted)(message_ids=[message_id])
                         yield self._end(INTERRUPTED)
                         return
                     # The producer may have missed the request, or its mirror stopped.
