@@ -346,6 +346,10 @@ def chatsite_env(base: dict[str, str], upstream_url: str) -> tuple[dict[str, str
         "CHAT_RATE_LIMIT": "100000/m",
         "CHAT_STREAMS_PER_USER": "10",
         "CACHE_KEY_PREFIX": f"bench-{os.getpid()}",
+        # The disconnect scenarios measure how fast a relay closes the upstream when its client
+        # leaves; the peers have no detach grace, so the project runs without one (by default a
+        # reply nobody reads goes on for 10 s, by design, for a client to come back).
+        "CHAT_DETACH_GRACE_SECONDS": "0",
     }
     setup = subprocess.run(
         [PYTHON, "-m", "bench.chatsite_setup", "500"],
