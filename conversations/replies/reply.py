@@ -118,12 +118,13 @@ class Reply:
         self._stop_reason: str | None = None
         self._finalising = False
         self._saved: asyncio.Future[bool] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the producing side ---------------------------------------------------------------
 
     def start(self, prompt: Sequence[ChatMessage]) -> None:
         """Send the prompt upstream; the rows may be bound later, before the reply is saved."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._last_news = loop.time()
         self._saved = loop.create_future()
         self._task = loop.create_task(self._produce(prompt), name="reply")
@@ -305,7 +306,7 @@ class Reply:
         until it is time for a keep-alive (False)."""
         if self.token_count > position or self.finished is not None:
             return True
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._waiters.append(waiter)
         try:
             await waiter
@@ -352,7 +353,7 @@ class Reply:
             self.stop("client_left")
 
     def _wake(self) -> None:
-        self._last_news = asyncio.get_running_loop().time()
+        self._last_news = self._loop.time()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
