@@ -49,6 +49,11 @@ class ChatASGIHandler(ASGIHandler):
     pile up until a full garbage collection, whose pause stalls every open stream, and they
     make that pause longer. Emptying the request once handled lets them go at once (not
     when handling was cancelled, as at shutdown: Django's own tasks may still hold it).
+
+    A body over CHAT_MAX_BODY_BYTES is refused with 413 before it is read: on its
+    Content-Length in ``handle``, or as it arrives in ``read_body`` (Django's own method, not
+    documented; ``tests/test_asgi.py`` checks its shape, and without this override Django
+    reads the whole body and the view answers 413 after).
     """
 
     def __init__(self) -> None:

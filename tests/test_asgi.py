@@ -206,3 +206,19 @@ def test_requests_at_the_same_time_each_have_a_thread_of_their_own(user, request
 
     assert [sent[0]["status"] for sent in responses] == [200, 200]
     assert len(set(request_threads)) == 2
+
+
+def test_djangos_read_body_still_has_the_shape_the_handler_overrides():
+    """chatsite.asgi overrides ASGIHandler.read_body (undocumented) to refuse a body over
+    CHAT_MAX_BODY_BYTES as it arrives; if Django renames it or changes what it takes, the
+    override would silently never run."""
+    import inspect
+
+    from django.core.handlers.asgi import ASGIHandler
+
+    assert inspect.iscoroutinefunction(ASGIHandler.read_body), "ASGIHandler.read_body changed"
+    assert list(inspect.signature(ASGIHandler.read_body).parameters) == ["self", "receive"], (
+        "ASGIHandler.read_body takes other arguments now: update chatsite.asgi's override"
+    )
+    source = inspect.getsource(ASGIHandler.handle)
+    assert "self.read_body(receive)" in source, "ASGIHandler.handle no longer calls read_body"
