@@ -60,7 +60,9 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 ENV_NAME = "CHAT_MAX_HEADER_BYTES"
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
@@ -260,9 +262,6 @@ async def _ok_app(scope: dict, receive: Any, send: Any) -> None:
 
 async def _exercise(limit: int) -> list[str]:
     """Drive the capped protocol over a fake transport; what did not behave as it must."""
-    from uvicorn.config import Config
-    from uvicorn.server import ServerState
-
     silent = logging.getLogger("chatsite.http.self_check")
     silent.propagate = False
     silent.addHandler(logging.NullHandler())
