@@ -31,7 +31,7 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py interrupt_stale_replies --older-than 0
 	$(BIN)/python manage.py ensure_demo_user
-	$(BIN)/uvicorn chatsite.asgi:application --host $(HOST) --port $(PORT) --lifespan off --no-proxy-headers
+	$(BIN)/python -m chatsite.serve chatsite.asgi:application --host $(HOST) --port $(PORT) --lifespan off --no-proxy-headers
 
 lint: install
 	$(BIN)/ruff check .

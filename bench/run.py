@@ -1,6 +1,7 @@
 """``make bench``: this project against its peers, side by side, same upstream, same load.
 
-Every target is uvicorn with one worker pinned to CPU 0; the upstream and this load generator
+Every target is uvicorn (chatsite through ``python -m chatsite.serve``, uvicorn's command with
+its header cap) with one worker pinned to CPU 0; the upstream and this load generator
 are pinned to CPU 1. Scenarios run target by target in alternating rounds (A B C D A B C D) so
 drift shows. Results go to bench/results/ as JSON, Markdown and a PNG plot.
 """
@@ -64,13 +65,20 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
 
 
 class Target:
-    def __init__(self, name: str, app: str, env: dict[str, str], tokens: list[str] | None):
+    def __init__(
+        self,
+        name: str,
+        app: str,
+        env: dict[str, str],
+        tokens: list[str] | None,
+        server: str = "uvicorn",
+    ):
         self.name, self.tokens = name, tokens
         self.port = free_port()
         command = [
             PYTHON,
             "-m",
-            "uvicorn",
+            server,
             app,
             "--port",
             str(self.port),
@@ -376,7 +384,10 @@ async def main(quick: bool, only: list[str] | None) -> dict:
     wanted = {"chatsite", *PEERS} if not only else set(only)
     targets = []
     if "chatsite" in wanted:
-        targets.append(Target("chatsite", "chatsite.asgi:application", env, tokens))
+        # As in production: uvicorn's command with the header cap (the peers run bare uvicorn).
+        targets.append(
+            Target("chatsite", "chatsite.asgi:application", env, tokens, server="chatsite.serve")
+        )
     targets += [Target(name, app, base, None) for name, app in PEERS.items() if name in wanted]
     ids = Ids()
     for target in targets:

@@ -56,7 +56,7 @@ class LiveServer:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
+                "chatsite.serve",
                 "chatsite.asgi:application",
                 "--host",
                 "127.0.0.1",
