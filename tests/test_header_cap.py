@@ -26,6 +26,7 @@ from chatsite.http_protocol import (
     problems,
 )
 from tests.conftest import ROOT, LiveServer, free_port
+from tests.raw_http import split_head
 
 PAGE = "/accounts/login/"
 SMALL_LIMIT = 8192
@@ -50,11 +51,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         assert chunk, f"the server closed without a full response head: {data!r}"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status_line, headers = split_head(head)
     while len(body) < int(headers["content-length"]):
         chunk = sock.recv(65536)
         assert chunk, "the server closed in the middle of the response body"

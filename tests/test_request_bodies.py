@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.raw_http import split_head
+
 
 def raw_connection(server) -> socket.socket:
     url = urlsplit(server.url)
@@ -21,12 +23,7 @@ def read_response(connection: socket.socket) -> tuple[str, dict[str, str], bytes
     while chunk := connection.recv(65536):
         received += chunk
     head, _, body = received.partition(b"\r\n\r\n")
-    status, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
+    return *split_head(head), body
 
 
 @pytest.mark.parametrize(

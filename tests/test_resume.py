@@ -32,6 +32,11 @@ def resumable(start_server, fake_upstream):
     )
 
 
+def open_reply(client: httpx.Client, method: str, path: str, **request) -> httpx.Response:
+    """A stream left open, its headers read (close it, or read it with ``read_some``)."""
+    return client.send(client.build_request(method, path, **request), stream=True)
+
+
 def read_some(response: httpx.Response, count: int) -> list:
     """The first ``count`` frames with data; the response is then closed (the client leaves)."""
     frames = []
@@ -49,10 +54,7 @@ def test_an_event_source_that_loses_its_connection_resumes_with_no_gap_or_duplic
 ):
     fake_upstream.script("resume get", tokens=TOKENS, interval=0.03)
     with session_client(resumable.url, make_user("rita")) as client:
-        first = client.send(
-            client.build_request("GET", "/api/chat/stream", params={"message": "resume get"}),
-            stream=True,
-        )
+        first = open_reply(client, "GET", "/api/chat/stream", params={"message": "resume get"})
         seen = read_some(first, 5)
         rest = client.get("/api/chat/stream", headers={"Last-Event-ID": seen[-1].get("id")})
 
@@ -73,10 +75,7 @@ def test_an_event_source_that_loses_its_connection_resumes_with_no_gap_or_duplic
 def test_a_fetch_client_attaches_after_the_frames_it_counted(resumable, make_user, fake_upstream):
     fake_upstream.script("attach post", tokens=TOKENS, interval=0.03)
     with session_client(resumable.url, make_user("sam")) as client:
-        first = client.send(
-            client.build_request("POST", "/api/chat/stream", json={"message": "attach post"}),
-            stream=True,
-        )
+        first = open_reply(client, "POST", "/api/chat/stream", json={"message": "attach post"})
         seen = read_some(first, 7)
         message_id = int(first.headers["x-message-id"])
         rest = client.get(f"/api/messages/{message_id}/stream", params={"after": 7})
@@ -110,10 +109,7 @@ def test_a_reply_nobody_comes_back_for_is_stopped_after_the_grace(
 ):
     fake_upstream.script("abandoned", tokens=[f"a{i} " for i in range(1000)], interval=0.02)
     with session_client(resumable.url, make_user("uma")) as client:
-        response = client.send(
-            client.build_request("POST", "/api/chat/stream", json={"message": "abandoned"}),
-            stream=True,
-        )
+        response = open_reply(client, "POST", "/api/chat/stream", json={"message": "abandoned"})
         read_some(response, 3)
         left_at = time.monotonic()
 
@@ -128,10 +124,7 @@ def test_a_reply_nobody_comes_back_for_is_stopped_after_the_grace(
 def test_with_no_grace_a_reply_whose_client_left_stops_at_once(server, client, fake_upstream):
     """The shared server runs with CHAT_DETACH_GRACE_SECONDS=0 (tests/environment.py)."""
     fake_upstream.script("no grace", tokens=[f"n{i} " for i in range(1000)], interval=0.02)
-    response = client.send(
-        client.build_request("POST", "/api/chat/stream", json={"message": "no grace"}),
-        stream=True,
-    )
+    response = open_reply(client, "POST", "/api/chat/stream", json={"message": "no grace"})
     read_some(response, 3)
     left_at = time.monotonic()
 
@@ -145,10 +138,7 @@ def test_with_no_grace_a_reply_whose_client_left_stops_at_once(server, client, f
 def test_a_stop_ends_a_reply_at_once_even_with_a_grace(resumable, make_user, fake_upstream):
     fake_upstream.script("stop now", tokens=[f"s{i} " for i in range(1000)], interval=0.02)
     with session_client(resumable.url, make_user("vic")) as client:
-        response = client.send(
-            client.build_request("POST", "/api/chat/stream", json={"message": "stop now"}),
-            stream=True,
-        )
+        response = open_reply(client, "POST", "/api/chat/stream", json={"message": "stop now"})
         read_some(response, 3)
         message_id = int(response.headers["x-message-id"])
         stopped = client.post(f"/api/messages/{message_id}/cancel")
@@ -313,11 +303,8 @@ def test_a_reply_started_through_one_worker_is_attached_to_through_the_other(
     user = make_user("olga")
     fake_upstream.script("across workers", tokens=TOKENS, interval=0.03)
     with session_client(one.url, user) as first_client:
-        first = first_client.send(
-            first_client.build_request(
-                "POST", "/api/chat/stream", json={"message": "across workers"}
-            ),
-            stream=True,
+        first = open_reply(
+            first_client, "POST", "/api/chat/stream", json={"message": "across workers"}
         )
         seen = read_some(first, 5)
     message_id = int(first.headers["x-message-id"])
@@ -338,11 +325,8 @@ def test_the_grace_counts_a_client_attached_through_another_worker(
     tokens = [f"k{i} " for i in range(120)]  # 4.8 s: longer than the 2 s grace
     fake_upstream.script("watched elsewhere", tokens=tokens, interval=0.04)
     with session_client(one.url, user) as first_client:
-        first = first_client.send(
-            first_client.build_request(
-                "POST", "/api/chat/stream", json={"message": "watched elsewhere"}
-            ),
-            stream=True,
+        first = open_reply(
+            first_client, "POST", "/api/chat/stream", json={"message": "watched elsewhere"}
         )
         message_id = int(first.headers["x-message-id"])
         with (
@@ -365,11 +349,8 @@ def test_an_event_source_resumes_through_the_other_worker_even_after_the_end(
     user = make_user("quin")
     fake_upstream.script("resume elsewhere", tokens=TOKENS, interval=0.03)
     with session_client(one.url, user) as first_client:
-        first = first_client.send(
-            first_client.build_request(
-                "GET", "/api/chat/stream", params={"message": "resume elsewhere"}
-            ),
-            stream=True,
+        first = open_reply(
+            first_client, "GET", "/api/chat/stream", params={"message": "resume elsewhere"}
         )
         seen = read_some(first, 5)
     message_id = int(first.headers["x-message-id"])
@@ -402,11 +383,8 @@ def test_a_client_attached_through_another_worker_gets_a_clear_end_when_the_prod
     user = make_user("rex")
     fake_upstream.script("producer dies", tokens=[f"d{i} " for i in range(500)], interval=0.03)
     with session_client(one.url, user) as first_client:
-        first = first_client.send(
-            first_client.build_request(
-                "POST", "/api/chat/stream", json={"message": "producer dies"}
-            ),
-            stream=True,
+        first = open_reply(
+            first_client, "POST", "/api/chat/stream", json={"message": "producer dies"}
         )
         message_id = int(first.headers["x-message-id"])
         with (
