@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import loadgen
+from bench import loadgen, resume
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -400,7 +400,9 @@ async def main(quick: bool, only: list[str] | None) -> dict:
         "wave": 20 if quick else 50,
         "churn": (20, 40) if quick else (100, 200),
         "capacity": None if quick else (10, 2000),
+        "resume": 20 if quick else 50,
     }
+    resumed = None
     scenarios: dict[str, dict[str, list[dict]]] = {}
 
     def record(scenario: str, target: Target, result: dict) -> None:
@@ -440,6 +442,9 @@ async def main(quick: bool, only: list[str] | None) -> dict:
                     target,
                     await run_streams(target, upstream_port, disconnect_churn(ids, *plan["churn"])),
                 )
+        if targets and targets[0].name == "chatsite":
+            resumed = await resume_scenario(env, targets[0], upstream_port, ids, plan["resume"])
+            print(f"{'resume':>22} {'chatsite':>12}: {resume_summary(resumed)}", flush=True)
         capacities = {}
         if plan["capacity"]:
             for target in targets:
@@ -454,7 +459,41 @@ async def main(quick: bool, only: list[str] | None) -> dict:
         for target in targets:
             target.stop()
         upstream.terminate()
-    return {"machine": machine(), "plan": plan, "scenarios": scenarios, "capacity": capacities}
+    return {
+        "machine": machine(),
+        "plan": plan,
+        "scenarios": scenarios,
+        "capacity": capacities,
+        "resume": resumed,
+    }
+
+
+async def resume_scenario(
+    env: dict[str, str], chatsite: Target, upstream_port: int, ids: Ids, clients: int
+) -> dict:
+    """Two chatsite workers sharing Redis, with the default detach grace; clients drop after
+    10 tokens on one and resume on the other (bench/resume.py)."""
+    workers = {**env, "CHAT_DETACH_GRACE_SECONDS": "10"}
+    one = Target("chatsite-a", "chatsite.asgi:application", workers, None, server="chatsite.serve")
+    two = Target("chatsite-b", "chatsite.asgi:application", workers, None, server="chatsite.serve")
+    try:
+        await upstream_idle(upstream_port)
+        return await resume.resume_run(
+            one.port, two.port, chatsite.token, clients=clients, ids=ids.take(clients)
+        )
+    finally:
+        one.stop()
+        two.stop()
+
+
+def resume_summary(result: dict) -> str:
+    latency = result["latency_ms"]
+    return (
+        f"resumed {result['resumed']}/{result['clients']}  latency p50/p99/max "
+        f"{fmt(latency['p50'])}/{fmt(latency['p99'])}/{fmt(latency['max'])} ms  "
+        f"exact {result['exact']}  gaps or duplicates {result['gaps_or_duplicates']}  "
+        f"errors {result['errors']}"
+    )
 
 
 def summary(result: dict) -> str:
@@ -532,6 +571,14 @@ def markdown(report: dict) -> str:
             for name, runs in by_target.items()
         )
         lines += ["", f"Load generator's own CPU: {own}.", ""]
+    if report.get("resume"):
+        lines += [
+            "### resume (clients drop after 10 of 100 tokens and reconnect to the other of two "
+            "workers with Last-Event-ID)",
+            "",
+            resume_summary(report["resume"]),
+            "",
+        ]
     if report["capacity"]:
         lines += [
             "### capacity (streams per core: N held open, 100 tokens at 50 tokens/s, "
