@@ -38,8 +38,15 @@ async def _get(port: int, path: str, headers: str) -> tuple[asyncio.StreamReader
 
 
 async def one_client(
-    port_a: int, port_b: int, prompt: str, token: str, drop_after: int, timeout: float
+    port_a: int,
+    port_b: int,
+    prompt: str,
+    token: str,
+    drop_after: int,
+    timeout: float,
+    offset: float = 0.0,
 ) -> Resumed:
+    await asyncio.sleep(offset)
     result = Resumed()
     auth = f"Authorization: Bearer {token}\r\n"
     try:
@@ -89,8 +96,10 @@ async def one_client(
 async def resume_run(
     port_a: int, port_b: int, tokens_for, *, clients: int, ids: range, drop_after: int = 10
 ) -> dict:
-    """``clients`` at once (100-token replies at 50 tokens/s), each dropping after
-    ``drop_after`` tokens and resuming through the other worker."""
+    """``clients`` streams (100-token replies at 50 tokens/s) started spread over one reply's
+    length, as in the steady scenarios, so that they drop and resume spread too; each drops
+    after ``drop_after`` tokens and resumes through the other worker."""
+    spacing = (0.1 + 100 * 0.02) / clients
     runs = await asyncio.gather(
         *(
             one_client(
@@ -100,8 +109,9 @@ async def resume_run(
                 tokens_for(stream_id),
                 drop_after,
                 timeout=60,
+                offset=n * spacing,
             )
-            for stream_id in ids[:clients]
+            for n, stream_id in enumerate(ids[:clients])
         )
     )
     latencies = sorted(r.latency * 1000 for r in runs if r.latency is not None)
