@@ -74,6 +74,7 @@ class Target:
         server: str = "uvicorn",
     ):
         self.name, self.tokens = name, tokens
+        self.app, self.env, self.server = app, env, server
         self.port = free_port()
         command = [
             PYTHON,
@@ -401,8 +402,10 @@ async def main(quick: bool, only: list[str] | None) -> dict:
         "churn": (20, 40) if quick else (100, 200),
         "capacity": None if quick else (10, 2000),
         "resume": 20 if quick else 50,
+        "cold": 200,
     }
     resumed = None
+    cold: dict[str, dict] = {}
     scenarios: dict[str, dict[str, list[dict]]] = {}
 
     def record(scenario: str, target: Target, result: dict) -> None:
@@ -445,6 +448,13 @@ async def main(quick: bool, only: list[str] | None) -> dict:
         if targets and targets[0].name == "chatsite":
             resumed = await resume_scenario(env, targets[0], upstream_port, ids, plan["resume"])
             print(f"{'resume':>22} {'chatsite':>12}: {resume_summary(resumed)}", flush=True)
+        for target in targets:
+            cold[target.name] = await cold_rss(target, upstream_port, ids, plan["cold"])
+            print(
+                f"{'cold ' + str(plan['cold']):>22} {target.name:>12}: "
+                f"{fmt(cold[target.name]['rss_kb_per_stream'])} KB per stream",
+                flush=True,
+            )
         capacities = {}
         if plan["capacity"]:
             for target in targets:
@@ -465,7 +475,21 @@ async def main(quick: bool, only: list[str] | None) -> dict:
         "scenarios": scenarios,
         "capacity": capacities,
         "resume": resumed,
+        "cold": cold,
     }
+
+
+async def cold_rss(target: Target, upstream_port: int, ids: Ids, streams: int) -> dict:
+    """RSS per stream as an operator sees it: a fresh process of the target (same command,
+    same environment) taking ``streams`` held-open streams for the first time, counted from
+    its RSS before its first request."""
+    fresh = Target(f"{target.name}-cold", target.app, target.env, target.tokens, target.server)
+    try:
+        result = await run_streams(fresh, upstream_port, steady(ids, streams, rounds=1))
+    finally:
+        fresh.stop()
+    return {"streams": streams, "rss_kb_per_stream": result["rss_kb_per_stream"],
+            "errors": result["errors"]}  # fmt: skip
 
 
 async def resume_scenario(
@@ -579,6 +603,19 @@ def markdown(report: dict) -> str:
             resume_summary(report["resume"]),
             "",
         ]
+    if report.get("cold"):
+        lines += [
+            "### cold process (RSS per stream: a fresh worker's first streams, held open)",
+            "",
+            "| target | streams | RSS KB/stream | errors |",
+            "|---|---|---|---|",
+        ]
+        for name, found in report["cold"].items():
+            lines.append(
+                f"| {name} | {found['streams']} | {fmt(found['rss_kb_per_stream'])} | "
+                f"{found['errors']} |"
+            )
+        lines.append("")
     if report["capacity"]:
         lines += [
             "### capacity (streams per core: N held open, 100 tokens at 50 tokens/s, "
