@@ -30,6 +30,10 @@ class DomainError(Exception):
         self.details = details or {}
 
 
+class Invalid(DomainError):
+    """The request asks for something that cannot be."""
+
+
 class NotFound(DomainError):
     """No such thing, or not the caller's."""
 

@@ -15,6 +15,7 @@ from .errors import (
     Busy,
     Conflict,
     DomainError,
+    Invalid,
     Mismatch,
     NotFound,
     Unavailable,
@@ -70,6 +71,7 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
 
 
 STATUSES: dict[type[DomainError], int] = {
+    Invalid: 400,
     NotFound: 404,
     Conflict: 409,
     Mismatch: 422,

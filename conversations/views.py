@@ -19,7 +19,7 @@ from chatsite.lifecycle import run_after_request
 from . import outages
 from .attempts import SIGN_IN, SIGN_UP, attempts_limited
 from .auth import require_same_origin_session
-from .errors import ApiError, error_response
+from .errors import error_response
 from .http import api_view, is_api_path
 from .inputs import (
     chat_request_from_json,
@@ -37,7 +37,6 @@ from .replies import (
     RemoteReply,
     Reply,
     conversation_adelete,
-    kept_token_count,
     message_acancel,
     reply_aattach,
     reply_aresume,
@@ -148,11 +147,7 @@ async def message_stream(request: HttpRequest, message_id: int) -> HttpResponse:
     """A reply of the caller's from token frame ``after + 1`` on, in the POST stream's frames:
     live while it runs, what is left and its final frame once it has ended."""
     after = position_from_query(request.GET, "after")
-    attached = await reply_aattach(user=request.api_user, message_id=message_id)
-    if isinstance(attached, RemoteReply):
-        count = await kept_token_count(message_id)
-        if count is not None and after > count:
-            raise ApiError(400, "invalid_request", "'after' is past the frames of this reply.")
+    attached = await reply_aattach(user=request.api_user, message_id=message_id, after=after)
     return attached_response(attached, JsonFramer(), after=after)
 
 
@@ -162,8 +157,6 @@ def attached_response(
     """A reply's frames past ``after``: live from a reply this process keeps or another
     produces, or from the saved row of one no longer kept anywhere."""
     if isinstance(attached, Reply):
-        if after > attached.token_count:
-            raise ApiError(400, "invalid_request", "'after' is past the frames of this reply.")
         return reply_response(attached, framer, position=after)
     if isinstance(attached, RemoteReply):
         frames = RemoteFrames(

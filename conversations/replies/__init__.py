@@ -17,7 +17,7 @@ from .control import (
     reply_astart_once,
     reply_astop,
 )
-from .remote import RemoteFrames, RemoteReply, kept_token_count
+from .remote import RemoteFrames, RemoteReply
 from .reply import Finished, Reply
 from .running import reply_astart, reply_find
 
@@ -26,7 +26,6 @@ __all__ = [
     "Finished",
     "RemoteFrames",
     "RemoteReply",
-    "kept_token_count",
     "Reply",
     "conversation_adelete",
     "message_acancel",

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, Invalid, NotFound
 from ..models import Conversation, Message
 from ..selectors import message_aget_owned
 from ..services import MIN_STALE_AGE, ChatRequest, messages_mark_interrupted
@@ -64,11 +64,25 @@ def messages_interrupt_stale(*, older_than: timedelta) -> int:
     return messages_mark_interrupted(message_ids=candidates - replies_alive(candidates))
 
 
-async def reply_aattach(*, user: AbstractBaseUser, message_id: int) -> Attachable:
-    """The caller's reply to attach to: running or lately ended in this process (its tokens),
-    produced by another process or kept in Redis after it ended there (``RemoteReply``), else
-    its saved row. A row left streaming by a process that died is marked interrupted first;
-    NotFound for anything but the caller's assistant message."""
+async def reply_aattach(*, user: AbstractBaseUser, message_id: int, after: int = 0) -> Attachable:
+    """The caller's reply to attach to after its first ``after`` token frames: running or
+    lately ended in this process (its tokens), produced by another process or kept in Redis
+    after it ended there (``RemoteReply``), else its saved row. A row left streaming by a
+    process that died is marked interrupted first. NotFound for anything but the caller's
+    assistant message; Invalid if ``after`` is past the frames it has."""
+    attached = await _aattachable(user, message_id)
+    if isinstance(attached, Reply):
+        count = attached.token_count
+    elif isinstance(attached, RemoteReply):
+        count = await kept_token_count(message_id)
+    else:
+        count = None
+    if count is not None and after > count:
+        raise Invalid("invalid_request", "'after' is past the frames of this reply.")
+    return attached
+
+
+async def _aattachable(user: AbstractBaseUser, message_id: int) -> Attachable:
     reply = reply_find(message_id)
     if reply is not None and reply.owner_id == user.pk:
         return reply
@@ -101,13 +115,10 @@ async def reply_aresume(*, user: AbstractBaseUser, message_id: int, position: in
     if not settings.REDIS_URL:
         return None
     try:
-        attached = await reply_aattach(user=user, message_id=message_id)
-    except (NotFound, Conflict):
+        attached = await reply_aattach(user=user, message_id=message_id, after=position)
+    except (NotFound, Conflict, Invalid):
         return None
-    if not isinstance(attached, RemoteReply):
-        return None
-    count = await kept_token_count(message_id)
-    return None if count is not None and position > count else attached
+    return attached if isinstance(attached, RemoteReply) else None
 
 
 async def reply_astart_once(
