@@ -179,6 +179,17 @@ def idempotency_key_from(request: HttpRequest) -> str | None:
     return key
 
 
+def last_event_id_from(request: HttpRequest) -> tuple[int, int] | None:
+    """The (message id, position) a GET stream's ``Last-Event-ID`` names, as QueryFramer
+    writes it (``<message id>-<n>``); None if it is not one of those."""
+    message_id, _, position = request.headers.get("Last-Event-ID", "").partition("-")
+    if ASCII_INTEGER.fullmatch(message_id) is None or ASCII_INTEGER.fullmatch(position) is None:
+        return None
+    if not (1 <= int(message_id) <= MAX_ID and int(position) <= MAX_POSITION):
+        return None
+    return int(message_id), int(position)
+
+
 def position_from_query(query: QueryDict, name: str) -> int:
     """A count of frames a client has (0 when absent), or a 400 naming the parameter."""
     raw = query.get(name, "")

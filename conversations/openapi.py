@@ -75,6 +75,7 @@ def openapi_document() -> dict:
     conversation_id = {
         "name": "conversation_id", "in": "path", "required": True, "schema": {"type": "integer"},
     }  # fmt: skip
+    message_id = {**conversation_id, "name": "message_id"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -211,14 +212,7 @@ def openapi_document() -> dict:
                 },
             },
             "/api/messages/{message_id}/cancel": {
-                "parameters": [
-                    {
-                        "name": "message_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "integer"},
-                    }
-                ],  # fmt: skip
+                "parameters": [message_id],
                 "post": {
                     "summary": "Stop a reply that is still streaming (partial text kept)",
                     "responses": {
@@ -248,14 +242,7 @@ def openapi_document() -> dict:
                 },
             },
             "/api/messages/{message_id}/stream": {
-                "parameters": [
-                    {
-                        "name": "message_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "integer"},
-                    }
-                ],  # fmt: skip
+                "parameters": [message_id],
                 "get": {
                     "summary": "Attach to a reply: its frames after the first `after`, live",
                     "parameters": [

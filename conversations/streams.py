@@ -19,24 +19,10 @@ def error_frame(finished: Finished, *, id: str | None = None) -> bytes:
     return encode_event(json_encode(payload), event="error", id=id)
 
 
-def event_id(message_id: int, position: int) -> str:
-    """A GET frame's id: the reply, and how many frames of it the client has with this one."""
-    return f"{message_id}-{position}"
-
-
-def parse_event_id(text: str) -> tuple[int, int] | None:
-    """The (message id, position) of a GET frame's id, or None if it is not one."""
-    message_id, _, position = text.partition("-")
-    if not (message_id.isascii() and message_id.isdigit() and len(message_id) <= 19):
-        return None
-    if not (position.isascii() and position.isdigit() and len(position) <= 9):
-        return None
-    return int(message_id), int(position)
-
-
 class QueryFramer:
     """``GET`` frames for EventSource: ``retry:`` first, then per token an ``id:`` naming the
-    reply and the position and the token as a JSON string; ``[DONE]`` last."""
+    reply and how many of its frames the client has with this one (``<message id>-<n>``, read
+    back by ``inputs.last_event_id_from``) and the token as a JSON string; ``[DONE]`` last."""
 
     def __init__(self, message_id: int, position: int = 0) -> None:
         self.prefix = b"id: %d-" % message_id
@@ -56,7 +42,7 @@ class QueryFramer:
     def end(self, finished: Finished, conversation_id: int, message_id: int) -> bytes:
         self.position += 1
         if finished.status in FAILED:
-            return error_frame(finished, id=(self.prefix[4:] + b"%d" % self.position).decode())
+            return error_frame(finished, id=f"{message_id}-{self.position}")
         return b"%s%d\ndata: [DONE]\n\n" % (self.prefix, self.position)
 
 

@@ -26,6 +26,7 @@ from .inputs import (
     chat_request_from_query,
     idempotency_key_from,
     json_body,
+    last_event_id_from,
     pagination_from_query,
     position_from_query,
 )
@@ -53,7 +54,7 @@ from .selectors import (
 )
 from .serializers import conversation_detail, conversation_summary
 from .sse import EventStreamResponse
-from .streams import JsonFramer, QueryFramer, ReplyFrames, parse_event_id, saved_reply_frames
+from .streams import JsonFramer, QueryFramer, ReplyFrames, saved_reply_frames
 
 
 @login_required
@@ -98,9 +99,8 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     """``GET`` for EventSource and curl, ``POST`` for fetch clients; one reply either way.
     A ``GET`` with ``Last-Event-ID`` resumes the reply it names, or gets 204."""
     if request.method == "GET":
-        last_event_id = request.headers.get("Last-Event-ID")
-        if last_event_id is not None:
-            return await _resume(request, last_event_id)
+        if "Last-Event-ID" in request.headers:
+            return await _resume(request)
         require_same_origin_session(request)
         chat_request = chat_request_from_query(request.GET)
         reply = await reply_astart(user=request.api_user, chat_request=chat_request)
@@ -117,11 +117,11 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     return attached_response(reply, JsonFramer(), after=0)
 
 
-async def _resume(request: HttpRequest, last_event_id: str) -> HttpResponse:
+async def _resume(request: HttpRequest) -> HttpResponse:
     """The rest of the reply an EventSource saw part of; 204 (which ends EventSource) when
     there is nothing to resume: the id is malformed, not of the caller's reply, of a reply no
     longer kept, or its last frame."""
-    parsed = parse_event_id(last_event_id)
+    parsed = last_event_id_from(request)
     if parsed is None:
         return HttpResponse(status=204)
     message_id, position = parsed
@@ -135,10 +135,16 @@ def reply_response(
     reply: Reply, framer, *, position: int = 0, joining: bool = True
 ) -> EventStreamResponse:
     frames = ReplyFrames(reply, framer, position=position, joining=joining)
+    return event_stream(frames, reply.conversation_id, reply.message_id)
+
+
+def event_stream(frames, conversation_id: int, message_id: int) -> EventStreamResponse:
+    """The response carrying ``frames``; their ``aclose`` runs however it ends, even if it
+    is never sent."""
     run_after_request(frames.aclose)
     response = EventStreamResponse(frames)
-    response["X-Conversation-Id"] = str(reply.conversation_id)
-    response["X-Message-Id"] = str(reply.message_id)
+    response["X-Conversation-Id"] = str(conversation_id)
+    response["X-Message-Id"] = str(message_id)
     return response
 
 
@@ -162,15 +168,9 @@ def attached_response(
         frames = RemoteFrames(
             attached, framer, position=after, keepalive=settings.CHAT_KEEPALIVE_SECONDS
         )
-        run_after_request(frames.aclose)
-        response = EventStreamResponse(frames)
-        conversation_id, message_id = attached.conversation_id, attached.message_id
-    else:
-        response = EventStreamResponse(saved_reply_frames(attached, after=after))
-        conversation_id, message_id = attached.conversation_id, attached.pk
-    response["X-Conversation-Id"] = str(conversation_id)
-    response["X-Message-Id"] = str(message_id)
-    return response
+        return event_stream(frames, attached.conversation_id, attached.message_id)
+    frames = saved_reply_frames(attached, after=after)
+    return event_stream(frames, attached.conversation_id, attached.pk)
 
 
 @api_view("GET")

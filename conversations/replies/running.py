@@ -95,11 +95,10 @@ async def _astart(user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
 
 async def _ended(message_id: int) -> None:
     """Only once the reply is saved: a stop asked for meanwhile waits for this save."""
-    reply = RUNNING.get(message_id)
-    if reply is not None:
-        await reply_akeep_for_resume(reply)
-    RUNNING.pop(message_id, None)
-    if reply is not None and settings.CHAT_REPLY_RETENTION_SECONDS > 0:
+    reply = RUNNING[message_id]
+    await reply_akeep_for_resume(reply)
+    del RUNNING[message_id]
+    if settings.CHAT_REPLY_RETENTION_SECONDS > 0:
         _forget_expired()
         ENDED[message_id] = (time.monotonic() + settings.CHAT_REPLY_RETENTION_SECONDS, reply)
 
