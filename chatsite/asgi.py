@@ -3,13 +3,14 @@
 import gc
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import django
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
+from django.db import connections
 from django.http import HttpResponse, JsonResponse
 from django.urls import get_resolver
 
@@ -19,24 +20,74 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
 
 class RequestThreads:
-    """One thread per request for its thread-sensitive work (the ORM, Django's signals), as
-    Django arranges it, but kept for later requests: asgiref would otherwise start a thread for
-    every request, and another one to join it when the request ends."""
+    """The threads requests run their thread-sensitive work on (the ORM, Django's signals), one
+    request at a time each, as Django arranges it, but kept for later requests: asgiref would
+    otherwise start a thread for every request, and another one to join it when it ends."""
 
     def __init__(self, keep: int = 64) -> None:
         self.keep = keep
+        self.lent = 0
         self._idle: list[ThreadPoolExecutor] = []
 
     def take(self) -> ThreadPoolExecutor:
+        self.lent += 1
         if self._idle:
             return self._idle.pop()
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
 
     def give_back(self, executor: ThreadPoolExecutor) -> None:
+        self.lent -= 1
         if len(self._idle) < self.keep:
             self._idle.append(executor)
         else:
             executor.shutdown(wait=False)
+
+
+class RequestThread(Executor):
+    """Where one request's thread-sensitive calls run: one thread at a time, taken from
+    ``RequestThreads`` at the request's first such call (not before: a request that makes
+    none takes none) and given back when the request ends, or earlier by ``release``.
+
+    asgiref asks of an executor given to ThreadSensitiveContext that it run one call at a time
+    on one thread; this one does, and changes thread only when released between calls, which
+    the handler does only when the request holds nothing tied to its thread (see
+    ``ChatASGIHandler.send_response``)."""
+
+    __slots__ = ("_threads", "_executor", "_calls")
+
+    def __init__(self, threads: RequestThreads) -> None:
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._calls = 0
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        if self._executor is None:
+            self._executor = self._threads.take()
+        self._calls += 1
+        future = self._executor.submit(fn, *args, **kwargs)
+        future.add_done_callback(self._call_done)
+        return future
+
+    def _call_done(self, future: Future) -> None:
+        self._calls -= 1
+
+    @property
+    def holds_a_thread(self) -> bool:
+        return self._executor is not None
+
+    def release(self) -> bool:
+        """Give the thread back if no call is running on it; whether it was given back."""
+        if self._executor is None or self._calls:
+            return self._executor is None
+        self.give_back()
+        return True
+
+    def give_back(self) -> None:
+        """At the request's end: the thread goes back, even with a call of a task the request
+        left behind still queued on it (it runs before the next request's)."""
+        if self._executor is not None:
+            self._threads.give_back(self._executor)
+            self._executor = None
 
 
 class ChatASGIHandler(ASGIHandler):
@@ -54,6 +105,12 @@ class ChatASGIHandler(ASGIHandler):
     Content-Length in ``handle``, or as it arrives in ``read_body`` (Django's own method, not
     documented; ``tests/test_asgi.py`` checks its shape, and without this override Django
     reads the whole body and the view answers 413 after).
+
+    A streaming response holds neither a thread nor a database connection while it streams
+    (``send_response``, also Django's own undocumented method, shape-checked there too):
+    Django would keep both until the end of the request, so each open stream cost a thread's
+    memory, and each stream from a signed-in page one connection of the pool (the 21st page
+    streaming at once waited for a connection, then failed).
     """
 
     def __init__(self) -> None:
@@ -65,16 +122,16 @@ class ChatASGIHandler(ASGIHandler):
         if declared_length(scope) > self.max_body_bytes:
             await self.send_response(body_too_large(scope, self.max_body_bytes), send)
             return
-        handling = Handling()
+        thread = RequestThread(self.threads)
+        handling = Handling(thread=thread)
         reset = CURRENT.set(handling)
-        executor = self.threads.take()
         try:
-            async with ThreadSensitiveContext(executor=executor):
+            async with ThreadSensitiveContext(executor=thread):
                 await super().handle(scope, receive, send)
         except BodyTooLarge:
             await self.send_response(body_too_large(scope, self.max_body_bytes), send)
         finally:
-            self.threads.give_back(executor)
+            thread.give_back()
             CURRENT.reset(reset)
         await handling.arun_after()
         requests, handling.requests = handling.requests, []
@@ -104,6 +161,20 @@ class ChatASGIHandler(ASGIHandler):
         body_file.seek(0)
         return body_file
 
+    async def send_response(self, response, send):
+        """Django's send_response; before a streaming body, the request's database connections
+        go back to the pool and its thread to the others. Not while a transaction is open, nor
+        while a call still runs on the thread; a later call (the response's close at the end)
+        takes a thread again."""
+        handling = CURRENT.get(None)
+        if response.streaming and handling is not None and handling.thread.holds_a_thread:
+            opened = [c for c in connections.all(initialized_only=True) if c.connection is not None]
+            if not any(c.in_atomic_block for c in opened):
+                if opened:
+                    await sync_to_async(close_connections)(opened)
+                handling.thread.release()
+        await super().send_response(response, send)
+
     def create_request(self, scope, body_file):
         request, error_response = super().create_request(scope, body_file)
         if request is not None:
@@ -117,6 +188,12 @@ class ChatASGIHandler(ASGIHandler):
         message = await receive()
         if message["type"] != "http.disconnect":
             raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
+
+
+def close_connections(opened: list) -> None:
+    """Close the request's database connections, on the thread that opened them."""
+    for connection in opened:
+        connection.close()
 
 
 class BodyTooLarge(Exception):

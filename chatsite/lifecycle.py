@@ -13,6 +13,7 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,11 @@ AfterRequest = Callable[[], Awaitable[None]]
 
 @dataclass
 class Handling:
-    """One request being handled: the request objects created, and the work left for its end."""
+    """One request being handled: its thread for thread-sensitive work (a
+    ``chatsite.asgi.RequestThread``), the request objects created, and the work left for its
+    end."""
 
+    thread: Any = None
     requests: list = field(default_factory=list)
     after: list[AfterRequest] = field(default_factory=list)
 

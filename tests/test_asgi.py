@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import pytest
@@ -65,6 +66,7 @@ async def exchange(
     *,
     leave_after_first_token: bool,
     leave_while_headers_are_sent: bool = False,
+    on_first_token: Callable[[], None] | None = None,
 ) -> list:
     """One request through the ASGI application; the client disconnects once the response
     is complete or, if asked, as soon as the first token arrives, or while the response's
@@ -88,8 +90,12 @@ async def exchange(
             await asyncio.Event().wait()
         if message["type"] != "http.response.body":
             return
-        first_token = leave_after_first_token and b"data:" in message["body"]
-        if first_token or not message.get("more_body"):
+        first_token = b"data:" in message.get("body", b"") and not any(
+            b"data:" in earlier.get("body", b"") for earlier in sent[:-1]
+        )
+        if first_token and on_first_token is not None:
+            on_first_token()
+        if (first_token and leave_after_first_token) or not message.get("more_body"):
             client_gone.set()
 
     scope = {
@@ -191,21 +197,70 @@ def test_requests_one_after_another_reuse_one_thread(user, request_threads):
 
 
 def test_requests_at_the_same_time_each_have_a_thread_of_their_own(user, request_threads):
+    """Two requests whose thread-sensitive work overlaps run it on two threads: each waits
+    in request_started for the other to arrive, which one shared thread could never do."""
     _, token = api_token_create(owner=user)
+    both_arrived = threading.Barrier(2, timeout=5)
 
-    async def two_streams():
-        query = {"message": "hello"}
-        return await asyncio.gather(
-            *(
-                exchange("/api/chat/stream", query, token, leave_after_first_token=True)
-                for _ in range(2)
-            )
-        )
+    def wait_for_the_other(**kwargs) -> None:
+        both_arrived.wait()
 
-    responses = run_in_new_loop(two_streams())
+    request_started.connect(wait_for_the_other)
+    try:
+        responses = run_in_new_loop(two_streams(token))
+    finally:
+        request_started.disconnect(wait_for_the_other)
 
     assert [sent[0]["status"] for sent in responses] == [200, 200]
     assert len(set(request_threads)) == 2
+
+
+def test_streams_that_are_open_at_once_hold_no_thread_while_they_stream(user, request_threads):
+    """Each stream starts while the ones before it still stream: they all run their
+    thread-sensitive work on one thread, handed back as each one's body starts."""
+    _, token = api_token_create(owner=user)
+    lent_at_first_token: list[int] = []
+
+    async def each_open_while_the_next_starts() -> list:
+        streams = []
+        for number in range(3):
+            started = asyncio.Event()
+
+            def first_token(started: asyncio.Event = started) -> None:
+                lent_at_first_token.append(application.threads.lent)
+                started.set()
+
+            streams.append(
+                asyncio.ensure_future(
+                    exchange(
+                        "/api/chat/stream",
+                        {"message": f"hello {number}"},
+                        token,
+                        leave_after_first_token=False,
+                        on_first_token=first_token,
+                    )
+                )
+            )
+            await started.wait()
+        return await asyncio.gather(*streams)
+
+    responses = run_in_new_loop(each_open_while_the_next_starts())
+
+    assert [sent[0]["status"] for sent in responses] == [200, 200, 200]
+    assert lent_at_first_token == [0, 0, 0]
+    assert len(request_threads) == 3
+    assert len(set(request_threads)) == 1
+    assert application.threads.lent == 0
+
+
+async def two_streams(token: str) -> list:
+    query = {"message": "hello"}
+    return await asyncio.gather(
+        *(
+            exchange("/api/chat/stream", query, token, leave_after_first_token=True)
+            for _ in range(2)
+        )
+    )
 
 
 def test_djangos_read_body_still_has_the_shape_the_handler_overrides():
@@ -222,3 +277,22 @@ def test_djangos_read_body_still_has_the_shape_the_handler_overrides():
     )
     source = inspect.getsource(ASGIHandler.handle)
     assert "self.read_body(receive)" in source, "ASGIHandler.handle no longer calls read_body"
+
+
+def test_djangos_send_response_still_has_the_shape_the_handler_overrides():
+    """chatsite.asgi overrides ASGIHandler.send_response (undocumented) to hand a streaming
+    request's thread and database connections back before the body streams; renamed or
+    called differently, the override would silently never run and each open stream would
+    hold a thread and a pooled connection again."""
+    import inspect
+
+    from django.core.handlers.asgi import ASGIHandler
+
+    assert inspect.iscoroutinefunction(ASGIHandler.send_response), "send_response changed"
+    assert list(inspect.signature(ASGIHandler.send_response).parameters) == [
+        "self",
+        "response",
+        "send",
+    ], "ASGIHandler.send_response takes other arguments now: update chatsite.asgi's override"
+    source = inspect.getsource(ASGIHandler.handle)
+    assert "self.send_response(" in source, "ASGIHandler.handle no longer calls send_response"
