@@ -234,6 +234,10 @@ if CHAT_PROVIDER == "openai" and not OPENAI_API_KEY:
 CHAT_MODEL = env_str("CHAT_MODEL", "demo" if CHAT_PROVIDER == "demo" else "gpt-4o-mini")
 CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT", "You are a helpful assistant.")
 CHAT_DEMO_TOKENS_PER_SECOND = env_number("CHAT_DEMO_TOKENS_PER_SECOND", 30.0, float)
+# After a new conversation's first reply completes, the model names it (a short request of its
+# own, after the reply has ended); until then, or if that fails, its first words are its title.
+CHAT_AUTO_TITLES = env_bool("CHAT_AUTO_TITLES", default=True)
+CHAT_TITLE_TIMEOUT_SECONDS = env_number("CHAT_TITLE_TIMEOUT_SECONDS", 5.0, float)
 CHAT_KEEPALIVE_SECONDS = env_number("CHAT_KEEPALIVE_SECONDS", 15.0, float)
 CHAT_STREAM_MAX_SECONDS = env_number("CHAT_STREAM_MAX_SECONDS", 600.0, float)
 # A streaming reply's text so far is saved this often (0: only when it ends).

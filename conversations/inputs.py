@@ -12,7 +12,7 @@ from django.http import HttpRequest, QueryDict
 from django.http.request import RawPostDataException
 
 from .errors import ApiError
-from .services import ChatRequest
+from .services import MAX_TITLE_LENGTH, ChatRequest
 from .storable import is_storable
 
 HISTORY_ROLES = {"user", "assistant"}
@@ -205,3 +205,33 @@ def pagination_from_query(query: QueryDict, *, max_page_size: int = 100) -> tupl
         positive_integer(page, "page", maximum=MAX_PAGE) if page else 1,
         min(positive_integer(page_size, "page_size"), max_page_size) if page_size else 20,
     )
+
+
+MAX_SEARCH_CHARS = 200
+
+
+def search_query_from(query: QueryDict) -> str | None:
+    """The ``q`` search parameter, or None when absent or blank; a 400 naming it when too
+    long or not storable text."""
+    raw = query.get("q", "")
+    if not raw.strip():
+        return None
+    check_length(raw, MAX_SEARCH_CHARS, "q")
+    check_storable(raw, "q")
+    return raw
+
+
+def conversation_title_from_json(payload: object) -> str:
+    """The ``title`` of a rename, on one line: required, not blank, at most MAX_TITLE_LENGTH
+    characters, storable text."""
+    if not isinstance(payload, Mapping):
+        raise bad_request("The body must be a JSON object.")
+    title = payload.get("title")
+    if title is None or (isinstance(title, str) and not title.strip()):
+        raise bad_request("'title' is required and must not be blank.", "missing_title")
+    if not isinstance(title, str):
+        raise bad_request("'title' must be a string.")
+    title = " ".join(title.split())
+    check_length(title, MAX_TITLE_LENGTH, "title")
+    check_storable(title, "title")
+    return title

@@ -1,7 +1,22 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
 from django.db import models
+
+SEARCH_CONFIG = "simple"
+"""The text search configuration: no stemming and no stop words, so any language works."""
+
+
+def title_vector() -> SearchVector:
+    """A conversation's title as a text search document (the expression its index holds)."""
+    return SearchVector("title", config=SEARCH_CONFIG)
+
+
+def content_vector() -> SearchVector:
+    """A message's text as a text search document (the expression its index holds)."""
+    return SearchVector("content", config=SEARCH_CONFIG)
 
 
 class Conversation(models.Model):
@@ -19,6 +34,7 @@ class Conversation(models.Model):
         indexes = [
             models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
             models.Index(fields=["-updated_at"], name="conversation_recent"),
+            GinIndex(title_vector(), name="conversation_title_search"),
         ]
 
     def __str__(self) -> str:
@@ -74,6 +90,7 @@ class Message(models.Model):
             models.Index(fields=["conversation", "created_at"], name="message_transcript"),
             models.Index(fields=["status", "created_at"], name="message_status_recent"),
             models.Index(fields=["-created_at"], name="message_recent"),
+            GinIndex(content_vector(), name="message_content_search"),
         ]
 
     def __str__(self) -> str:

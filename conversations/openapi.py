@@ -168,9 +168,18 @@ def openapi_document() -> dict:
             },
             "/api/conversations": {
                 "get": {
-                    "summary": "The caller's conversations, newest first",
+                    "summary": "The caller's conversations, newest first, or those matching `q`",
                     "parameters": [
                         {"name": "page", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 200},
+                            "description": "Search: conversations whose title, or one of "
+                            "whose messages, has every word of `q` (each word as a prefix, "
+                            "case-insensitive). Each result then has a `snippet` of the first "
+                            "message that matches (null for a match by title only).",
+                        },
                         {
                             "name": "page_size",
                             "in": "query",
@@ -182,7 +191,10 @@ def openapi_document() -> dict:
                             "description": "One page.",
                             "content": {"application/json": {"schema": _ref("ConversationPage")}},
                         },
-                        "400": _error("Bad page parameters."),
+                        "400": _error(
+                            "Bad page parameters, a `q` over 200 characters (`q_too_long`) or "
+                            "with NUL or an unpaired surrogate (`invalid_text`)."
+                        ),
                         **COMMON_ERRORS,
                     },
                 }
@@ -197,6 +209,48 @@ def openapi_document() -> dict:
                             "content": {"application/json": {"schema": _ref("ConversationDetail")}},
                         },
                         "404": _error("Unknown conversation, or someone else's."),
+                        **COMMON_ERRORS,
+                    },
+                },
+                "patch": {
+                    "summary": "Rename a conversation",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["title"],
+                                    "properties": {
+                                        "title": {
+                                            "type": "string",
+                                            "minLength": 1,
+                                            "maxLength": 200,
+                                            "description": "Whitespace runs (line breaks "
+                                            "too) become one space; leading and trailing "
+                                            "space is dropped.",
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The renamed conversation.",
+                            "content": {
+                                "application/json": {"schema": _ref("ConversationSummary")}
+                            },
+                        },
+                        "400": _error(
+                            "Malformed JSON, a missing or blank title (`missing_title`), one "
+                            "over 200 characters (`title_too_long`), or text with NUL or an "
+                            "unpaired surrogate (`invalid_text`)."
+                        ),
+                        "403": _error("CSRF check failed (session requests)."),
+                        "404": _error("Unknown conversation, or someone else's."),
+                        "413": _error(f"Body larger than {limits['body_bytes']} bytes."),
+                        "415": _error("Body is not application/json."),
                         **COMMON_ERRORS,
                     },
                 },
@@ -358,6 +412,11 @@ def _schemas(limits: dict) -> dict:
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "message_count": {"type": "integer"},
+                "snippet": {
+                    "type": ["string", "null"],
+                    "description": "Search results only: a piece of the first message that "
+                    "matches.",
+                },
             },
         },
         "ConversationDetail": {

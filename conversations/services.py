@@ -19,7 +19,10 @@ from .providers import ChatMessage
 
 logger = logging.getLogger(__name__)
 
-TITLE_LENGTH = 80
+TITLE_LENGTH = 60
+"""The longest provisional or generated title, in characters (a renamed one may be longer)."""
+MAX_TITLE_LENGTH = 200
+"""The longest title a conversation can have (its column's length)."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,17 @@ class OpenedReply:
     prompt: list[ChatMessage]
 
 
-def conversation_title_from(text: str) -> str:
-    first_line = " ".join(text.split())
-    if len(first_line) <= TITLE_LENGTH:
-        return first_line
-    return first_line[: TITLE_LENGTH - 1].rstrip() + "…"
+def conversation_title_from(text: str, *, limit: int = TITLE_LENGTH) -> str:
+    """The first words of ``text`` on one line, cut at a word boundary with an ellipsis when
+    longer than ``limit`` (a single word longer than half of it is cut where it must be)."""
+    words = " ".join(text.split())
+    if len(words) <= limit:
+        return words
+    cut = words[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-–—") + "…"
 
 
 def prompt_for_conversation(conversation: Conversation) -> list[ChatMessage]:
@@ -371,3 +380,36 @@ def message_checkpoint(*, message_id: int, content: str) -> None:
 
 
 message_acheckpoint = sync_to_async(message_checkpoint, thread_sensitive=False)
+
+
+async def conversation_arename(
+    *, user: AbstractBaseUser, conversation_id: int, title: str
+) -> Conversation:
+    """Give the caller's conversation a title of their own; NotFound for anyone else's. Its
+    last activity is left as it was: a rename does not move it up the list."""
+    renamed = await Conversation.objects.filter(pk=conversation_id, owner=user).aupdate(title=title)
+    if not renamed:
+        raise NotFound("conversation_not_found", "No such conversation.")
+    return await Conversation.objects.aget(pk=conversation_id)
+
+
+def conversation_set_generated_title(*, conversation_id: int, provisional: str, title: str) -> bool:
+    """Replace a conversation's provisional title with the model's, unless it changed meanwhile
+    (the owner renamed it); False if it was not replaced. Runs after the reply's request has
+    ended, so the connection goes back to the pool at once."""
+    title = conversation_title_from(title)
+    if not title or title == provisional:
+        return False
+    try:
+        return bool(
+            statements.update_rows(
+                Conversation, {"title": title}, {"id": conversation_id, "title": provisional}
+            )
+        )
+    finally:
+        connection.close()
+
+
+conversation_aset_generated_title = sync_to_async(
+    conversation_set_generated_title, thread_sensitive=False
+)

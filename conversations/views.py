@@ -24,11 +24,13 @@ from .http import api_view, is_api_path
 from .inputs import (
     chat_request_from_json,
     chat_request_from_query,
+    conversation_title_from_json,
     idempotency_key_from,
     json_body,
     last_event_id_from,
     pagination_from_query,
     position_from_query,
+    search_query_from,
 )
 from .openapi import openapi_document
 from .outages import is_database_unavailable
@@ -48,11 +50,16 @@ from .selectors import (
     SIDEBAR_LENGTH,
     conversation_aget_owned,
     conversation_api_list_for_user,
+    conversation_asearch_snippets,
+    conversation_date_groups,
     conversation_get_for_user,
     conversation_list_for_user,
+    conversation_search_for_user,
     message_get_for_user,
+    search_terms,
 )
 from .serializers import conversation_detail, conversation_summary
+from .services import conversation_arename
 from .sse import EventStreamResponse
 from .streams import JsonFramer, QueryFramer, ReplyFrames, saved_reply_frames
 
@@ -63,10 +70,13 @@ def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpRespon
     conversation = None
     if conversation_id is not None:
         conversation = conversation_get_for_user(request.user, conversation_id)
+    conversations = list(conversation_list_for_user(request.user)[:SIDEBAR_LENGTH])
     context = {
         "conversation": conversation,
         "messages": conversation.messages.all() if conversation else [],
-        "conversations": conversation_list_for_user(request.user)[:SIDEBAR_LENGTH],
+        "conversations": conversations,
+        "conversation_groups": conversation_date_groups(conversations),
+        "auto_titles": settings.CHAT_AUTO_TITLES,
     }
     return render(request, "conversations/chat.html", context)
 
@@ -175,14 +185,26 @@ def attached_response(
 
 @api_view("GET")
 async def conversation_list(request: HttpRequest) -> HttpResponse:
+    """The caller's conversations, newest first; with ``q``, those whose title or messages
+    have its words, each with a snippet of the first message that has them."""
     page, page_size = pagination_from_query(request.GET)
-    conversations = conversation_api_list_for_user(request.api_user)
+    query = search_query_from(request.GET)
+    if query is None:
+        conversations = conversation_api_list_for_user(request.api_user)
+    else:
+        terms = search_terms(query)
+        conversations = conversation_search_for_user(request.api_user, terms)
     total = await conversations.acount()
     offset = (page - 1) * page_size
     results = [c async for c in conversations[offset : offset + page_size]]
+    summaries = [conversation_summary(c) for c in results]
+    if query is not None:
+        snippets = await conversation_asearch_snippets([c.pk for c in results], terms)
+        for summary in summaries:
+            summary["snippet"] = snippets.get(summary["id"])
     return JsonResponse(
         {
-            "results": [conversation_summary(c) for c in results],
+            "results": summaries,
             "page": page,
             "page_size": page_size,
             "total": total,
@@ -191,8 +213,16 @@ async def conversation_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@api_view("GET", "DELETE")
+@api_view("GET", "PATCH", "DELETE")
 async def conversation_detail_view(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    if request.method == "PATCH":
+        title = conversation_title_from_json(
+            json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
+        )
+        conversation = await conversation_arename(
+            user=request.api_user, conversation_id=conversation_id, title=title
+        )
+        return JsonResponse(conversation_summary(conversation))
     conversation = await conversation_aget_owned(request.api_user, conversation_id)
     if request.method == "DELETE":
         await conversation_adelete(conversation=conversation)

@@ -13,6 +13,10 @@ os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
 # A reply whose client left is stopped at once, here and in the servers the tests start (which
 # inherit this environment); the tests of the detach grace set their own.
 os.environ.setdefault("CHAT_DETACH_GRACE_SECONDS", "0")
+# The model names no conversation here (a title request would be one more upstream request for
+# every new conversation, and its title would replace the one tests look for); the tests of
+# titles start their own servers with CHAT_AUTO_TITLES=1.
+os.environ.setdefault("CHAT_AUTO_TITLES", "0")
 # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make between
 # browser steps are still plain synchronous calls.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

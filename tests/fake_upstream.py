@@ -30,6 +30,12 @@ class Script:
     linger_after_done: float = 0.0
     """Seconds between ``data: [DONE]`` and the end of the body."""
     set_cookie: str | None = None
+    completion: str | None = None
+    """The answer to a non-streaming request (``"stream": false``); default: the tokens joined."""
+    completion_status: int | None = None
+    """The status of a non-streaming request's answer; default: ``status``."""
+    completion_delay: float = 0.0
+    """Seconds before a non-streaming request is answered."""
 
 
 @dataclass
@@ -50,6 +56,10 @@ class UpstreamRequest:
     @property
     def aborted(self) -> bool:
         return self.aborted_at is not None
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.body.get("stream"))
 
 
 def last_user_message(body: dict) -> str:
@@ -165,6 +175,8 @@ class FakeUpstream:
         if record.headers.get("authorization") != f"Bearer {self.api_key}":
             await self._send_json(writer, 401, invalid_key_body())
             return False
+        if not record.streaming:
+            return await self._complete(writer, record)
         if script.status != 200:
             body = script.error_body or {"error": {"message": "scripted failure", "type": "server"}}
             await self._send_json(writer, script.status, body)
@@ -206,6 +218,49 @@ class FakeUpstream:
         while time.monotonic() < lingered_until and not record.aborted:
             await asyncio.sleep(0.05)
         writer.write(b"0\r\n\r\n")
+        record.finished_at = time.monotonic()
+        await writer.drain()
+        return True
+
+    async def _complete(self, writer: asyncio.StreamWriter, record: UpstreamRequest) -> bool:
+        """Answer a non-streaming request with one ``chat.completion`` object."""
+        script = record.script
+        status = script.status if script.completion_status is None else script.completion_status
+        if status != 200:
+            body = script.error_body or {"error": {"message": "scripted failure", "type": "server"}}
+            await self._send_json(writer, status, body)
+            record.finished_at = time.monotonic()
+            return False
+        delayed_until = time.monotonic() + script.completion_delay
+        while time.monotonic() < delayed_until and not record.aborted:
+            await asyncio.sleep(0.05)
+        if record.aborted:
+            return False
+        content = "".join(script.tokens) if script.completion is None else script.completion
+        prompt_tokens, completion_tokens = script.usage or (0, 0)
+        body = {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": record.body.get("model", "fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": script.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        data = json.dumps(body).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(data), data)
+        )
         record.finished_at = time.monotonic()
         await writer.drain()
         return True

@@ -64,7 +64,7 @@ def test_user_signs_in_and_watches_the_reply_grow_then_become_the_saved_markdown
     page.evaluate(RECORD_STREAMED_TEXT)
     send(page, "browser hello")
 
-    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    expect(page.get_by_role("button", name="Stop", exact=True)).to_be_visible()
     expect(composer(page)).to_be_disabled()
     saved = page.locator('.message.assistant[data-status="complete"]')
     expect(saved).to_have_count(1)
@@ -100,7 +100,7 @@ def test_stop_halts_the_reply_and_the_reloaded_page_shows_it_stopped(
     send(page, "stop me")
     streaming_body = page.locator(".message.assistant.streaming .message-body")
     expect(streaming_body).to_contain_text("word5 ")
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
 
     reply = last_assistant(page)
     expect(reply.locator(".message-note")).to_have_text("Stopped")
@@ -235,7 +235,7 @@ def test_a_message_refused_for_too_many_streams_says_why_and_goes_back_in_the_co
     expect(composer(second_tab)).to_have_value("second tab")
     expect(composer(second_tab)).to_be_enabled()
     assert fake_upstream.requests_for("second tab") == []
-    first_tab.get_by_role("button", name="Stop").click()
+    first_tab.get_by_role("button", name="Stop", exact=True).click()
     expect(last_assistant(first_tab).locator(".message-note")).to_have_text("Stopped")
 
 
@@ -320,7 +320,7 @@ def test_the_page_follows_a_growing_reply_until_the_user_scrolls_up_even_a_littl
     expect(streaming_body).to_contain_text("line 90")
     followed_again = position()
     assert followed_again["fromBottom"] < 80 and followed_again["height"] > left_alone["height"]
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
 
 
 def test_composer_keys_enter_sends_and_shift_enter_adds_a_line(
@@ -399,7 +399,7 @@ def test_a_reply_goes_on_through_a_reload_and_a_second_tab_watches_it(
     for tab in (page, other_tab):
         growing = tab.locator(".message.assistant.streaming .message-body")
         expect(growing).to_contain_text("p20 ")
-        expect(tab.get_by_role("button", name="Stop")).to_be_visible()
+        expect(tab.get_by_role("button", name="Stop", exact=True)).to_be_visible()
     for tab in (page, other_tab):
         done = tab.locator('.message.assistant[data-status="complete"]')
         expect(done).to_have_count(1, timeout=10_000)

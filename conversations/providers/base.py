@@ -32,6 +32,33 @@ class ProviderError(Exception):
         self.upstream_status = upstream_status
 
 
+TITLE_INSTRUCTION = (
+    "You name conversations. Reply with a short title (three to six words) for a conversation "
+    "that starts with the user's next message, in the language of that message. Reply with "
+    "the title only: no quotes, no full stop, no answer to the message."
+)
+TITLE_INPUT_CHARS = 2000
+"""How much of the first message the title request sends."""
+
+
+def title_prompt(first_message: str) -> list[ChatMessage]:
+    """The prompt of a title request: the instruction, then the conversation's first message
+    (its start) as the user's."""
+    return [
+        {"role": "system", "content": TITLE_INSTRUCTION},
+        {"role": "user", "content": first_message[:TITLE_INPUT_CHARS]},
+    ]
+
+
+def clean_title(text: str) -> str:
+    """A model's title on one line, without the quotes, label or full stop models add."""
+    title = " ".join(text.split())
+    if title.lower().startswith("title:"):
+        title = title[len("title:") :].strip()
+    title = title.strip("\"'“”‘’«»*#` ")
+    return title.rstrip(".").strip()
+
+
 class ChatProvider(ABC):
     model: str
 
@@ -41,3 +68,9 @@ class ChatProvider(ABC):
 
         Raises ProviderError. Closing or cancelling the iterator closes the upstream at once.
         """
+
+    async def title(self, first_message: str, *, timeout: float) -> str:
+        """A short title for a conversation that starts with ``first_message``, from one
+        non-streaming request that gives up after ``timeout`` seconds; "" when the provider
+        does not make titles. Raises ProviderError."""
+        return ""

@@ -24,6 +24,8 @@ For a local model (Ollama, vLLM, llama.cpp server, LM Studio) also set `OPENAI_B
 for example `http://127.0.0.1:11434/v1`. Everything else — streaming, saving, stopping — \
 works the same. Grüße, ¡hola! and 你好 👋"""
 
+DEMO_TITLE = "Demo conversation"
+
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 
@@ -44,3 +46,6 @@ class DemoProvider(ChatProvider):
             yield word
         outcome.completion_tokens = len(words)
         outcome.finish_reason = "stop"
+
+    async def title(self, first_message: str, *, timeout: float) -> str:
+        return DEMO_TITLE

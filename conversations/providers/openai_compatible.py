@@ -13,7 +13,14 @@ import openai
 from openai import AsyncOpenAI
 
 from .aiohttp_transport import AiohttpTransport
-from .base import ChatMessage, ChatProvider, ProviderError, StreamOutcome
+from .base import (
+    ChatMessage,
+    ChatProvider,
+    ProviderError,
+    StreamOutcome,
+    clean_title,
+    title_prompt,
+)
 from .events import EventDataReader
 
 logger = logging.getLogger(__name__)
@@ -89,6 +96,20 @@ class OpenAICompatibleProvider(ChatProvider):
                 await response.aclose()
         except (openai.APIError, httpx.HTTPError) as exc:
             raise upstream_error(exc) from exc
+
+    async def title(self, first_message: str, *, timeout: float) -> str:
+        """One non-streaming Chat Completions request, not retried, within ``timeout``."""
+        try:
+            completion = await self.client.with_options(
+                timeout=timeout, max_retries=0
+            ).chat.completions.create(
+                model=self.model, messages=title_prompt(first_message), stream=False
+            )
+        except (openai.APIError, httpx.HTTPError) as exc:
+            raise upstream_error(exc) from exc
+        choices = completion.choices or []
+        content = choices[0].message.content if choices else None
+        return clean_title(content or "")
 
 
 async def drain(received_chunks: AsyncIterator[bytes]) -> None:

@@ -31,6 +31,7 @@ from .heartbeats import replies_alive, reply_announce
 from .remote import mirror_running, reply_akeep_for_resume
 from .reply import Reply
 from .stops import listen_for_requests
+from .titles import conversation_atitle_when_complete
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,16 @@ async def _astart(user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
     # The reply cannot end before this: it is saved only once bound.
     RUNNING[message_id] = reply
     reply.on_end(lambda: _ended(message_id))
+    if chat_request.conversation_id is None and settings.CHAT_AUTO_TITLES:
+        conversation = opened.conversation
+        reply.on_end(
+            lambda: conversation_atitle_when_complete(
+                reply,
+                conversation_id=conversation.pk,
+                first_message=chat_request.message,
+                provisional=conversation.title,
+            )
+        )
     listen_for_requests({"stop": stop_running, "mirror": mirror_here})
     reply_announce(message_id, running=RUNNING.keys)
     return reply

@@ -3,6 +3,8 @@
 // connection is picked up again where it left off, and a page opened while its conversation's
 // last reply streams attaches to it.
 
+import { conversationActive, provisionalTitle, watchTitle } from "./sidebar.js";
+
 /** An incremental SSE parser (https://html.spec.whatwg.org/multipage/server-sent-events.html). */
 export class SSEParser {
   constructor(onEvent) {
@@ -65,7 +67,6 @@ const sendButton = document.getElementById("send-button");
 const stopButton = document.getElementById("stop-button");
 const transcript = document.getElementById("transcript");
 const statusRegion = document.getElementById("chat-status");
-const conversationList = document.getElementById("conversation-list");
 
 let followOutput = true;
 let followedTop = 0;
@@ -158,18 +159,13 @@ function restoreDraft(text) {
   if (!input.value) input.value = text;
 }
 
+/** The conversation a reply started in: the page's address, and first under Today. */
 function rememberConversation(id, title) {
-  if (form.dataset.conversationId === String(id)) return;
-  form.dataset.conversationId = String(id);
-  history.pushState({}, "", `/c/${id}/`);
-  conversationList.querySelector(".empty")?.remove();
-  const item = document.createElement("li");
-  const link = document.createElement("a");
-  link.href = `/c/${id}/`;
-  link.textContent = title;
-  link.setAttribute("aria-current", "page");
-  item.append(link);
-  conversationList.prepend(item);
+  if (form.dataset.conversationId !== String(id)) {
+    form.dataset.conversationId = String(id);
+    history.pushState({}, "", `/c/${id}/`);
+  }
+  conversationActive(id, title);
 }
 
 async function swapForSaved(article, convId, messageId) {
@@ -319,6 +315,7 @@ async function stream(reply, state, responsePromise) {
       if (!state.ids) state.onRefused?.();
     }
   } finally {
+    state.outcome = outcome;
     current = null;
     reply.classList.remove("streaming", "reconnecting");
     reply.removeAttribute("aria-busy");
@@ -340,13 +337,14 @@ async function send(text) {
   const payload = { message: text };
   const conversationId = form.dataset.conversationId;
   if (conversationId) payload.conversation_id = Number(conversationId);
+  const title = provisionalTitle(text);
   const state = {
     controller: new AbortController(),
     received: 0,
     ids: null,
     onRefused: () => restoreDraft(text),
     onStarted: (ids) => {
-      if (ids.conversation) rememberConversation(ids.conversation, text.slice(0, 80));
+      if (ids.conversation) rememberConversation(ids.conversation, title);
       userArticle.dataset.conversationId = ids.conversation;
     },
   };
@@ -363,6 +361,10 @@ async function send(text) {
     signal: state.controller.signal,
   });
   await stream(reply, state, response);
+  // A new conversation is named by the model once its first reply is complete.
+  if (!conversationId && state.outcome === "done" && state.ids?.conversation) {
+    watchTitle(state.ids.conversation);
+  }
 }
 
 /** A page opened on a conversation whose last reply is still being written shows it growing
