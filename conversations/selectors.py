@@ -76,7 +76,10 @@ def conversation_search_for_user(
 ) -> QuerySet[Conversation]:
     """The user's conversations whose title, or one of whose messages, has every term (as a
     word prefix), newest first. On PostgreSQL by full-text search on the GIN indexes
-    ``conversation_title_search`` and ``message_content_search``; elsewhere by ``icontains``."""
+    ``conversation_title_search`` and ``message_content_search``; elsewhere by ``icontains``.
+
+    The message index covers every user's messages: a word prefix found in most messages of
+    the site costs a scan of that many index entries (about 0.3 s for 500,000 messages)."""
     conversations = conversation_api_list_for_user(user)
     if not terms:
         return conversations.none()
@@ -89,7 +92,8 @@ def conversation_search_for_user(
             .values("pk")
         )
         mentioned = (
-            Message.objects.annotate(document=content_vector())
+            Message.objects.filter(conversation__owner=user)
+            .annotate(document=content_vector())
             .filter(document=query)
             .values("conversation_id")
         )
