@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 import pytest
@@ -17,6 +16,7 @@ from conversations.selectors import (
     search_terms,
 )
 from conversations.services import conversation_set_generated_title, conversation_title_from
+from tests.loops import run_in_new_loop
 from tests.test_api import create_token, reply_streaming_in, token_client
 from tests.test_stream_failures import wait_until
 
@@ -428,6 +428,6 @@ def test_a_generated_title_never_replaces_one_the_owner_gave(transactional_db, u
 
 
 def test_the_demo_model_gives_a_fixed_title():
-    title = asyncio.run(DemoProvider(tokens_per_second=0).title("anything", timeout=1))
+    title = run_in_new_loop(DemoProvider(tokens_per_second=0).title("anything", timeout=1))
 
     assert title == "Demo conversation"
