@@ -44,7 +44,7 @@ function itemsFor(id) {
   return root.querySelectorAll(`.conversation-item[data-conversation-id="${CSS.escape(String(id))}"]`);
 }
 
-function actionButton(action, title, glyph) {
+function actionButton(action, glyph) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = "conversation-action";
@@ -67,7 +67,7 @@ function itemNode(id, title) {
   link.href = `/c/${id}/`;
   const actions = document.createElement("span");
   actions.className = "conversation-actions";
-  actions.append(actionButton("rename", title, "✎"), actionButton("delete", title, "🗑"));
+  actions.append(actionButton("rename", "✎"), actionButton("delete", "✕"));
   item.append(link, actions);
   applyTitle(item, title);
   return item;
