@@ -359,6 +359,9 @@ def chatsite_env(base: dict[str, str], upstream_url: str) -> tuple[dict[str, str
         # leaves; the peers have no detach grace, so the project runs without one (by default a
         # reply nobody reads goes on for 10 s, by design, for a client to come back).
         "CHAT_DETACH_GRACE_SECONDS": "0",
+        # The peers make no title request after a new conversation's first reply; nor does the
+        # project here (the bench upstream answers streams only).
+        "CHAT_AUTO_TITLES": "0",
     }
     setup = subprocess.run(
         [PYTHON, "-m", "bench.chatsite_setup", "500"],
