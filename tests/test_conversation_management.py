@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from conversations.models import Conversation, Message
-from conversations.providers.base import TITLE_INSTRUCTION
+from conversations.providers.base import TITLE_INSTRUCTION, clean_title
 from conversations.providers.demo import DemoProvider
 from conversations.selectors import (
     conversation_date_groups,
@@ -425,6 +425,19 @@ def test_a_generated_title_never_replaces_one_the_owner_gave(transactional_db, u
         conversation_id=conversation.pk, provisional="first words…", title="Another"
     )
     assert Conversation.objects.get(pk=conversation.pk).title == "Mine"
+
+
+@pytest.mark.parametrize(
+    ("answer", "title"),
+    [
+        ('"Japan Rail Trip."', "Japan Rail Trip"),
+        ("Title: **Sourdough Basics**", "Sourdough Basics"),
+        ("\n  « Voyage à Kyoto »\n\nThis title sums up the question.", "Voyage à Kyoto"),
+        ("   ", ""),
+    ],
+)
+def test_a_models_title_is_cleaned_to_one_plain_line(answer, title):
+    assert clean_title(answer) == title
 
 
 def test_the_demo_model_gives_a_fixed_title():

@@ -51,8 +51,9 @@ def title_prompt(first_message: str) -> list[ChatMessage]:
 
 
 def clean_title(text: str) -> str:
-    """A model's title on one line, without the quotes, label or full stop models add."""
-    title = " ".join(text.split())
+    """A model's title: its first line, without the quotes, label or full stop models add."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    title = " ".join(lines[0].split()) if lines else ""
     if title.lower().startswith("title:"):
         title = title[len("title:") :].strip()
     title = title.strip("\"'“”‘’«»*#` ")
