@@ -266,3 +266,17 @@ def test_a_failed_title_leaves_the_first_words_in_the_sidebar(
     expect(page).to_have_title(f"{provisional} · chatsite")
     wait_until(lambda: [r for r in fake_upstream.requests_for(trigger) if not r.streaming])
     assert Conversation.objects.get(owner=user).title == provisional
+
+
+def test_leaving_the_rename_field_keeps_a_changed_title(server, browser_page_for, user):
+    conversation = conversation_with(user, "Before")
+    page = browser_page_for(user)
+    page.goto("/")
+    nav = sidebar(page)
+
+    nav.get_by_role("button", name="Rename Before").click()
+    nav.get_by_role("textbox", name="New title for Before").fill("After")
+    page.get_by_role("textbox", name="Message").click()
+
+    expect(nav.get_by_role("link", name="After")).to_be_visible()
+    assert wait_until(lambda: Conversation.objects.get(pk=conversation.pk).title == "After")
