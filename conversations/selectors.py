@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -57,6 +58,34 @@ async def message_aget_owned(user: AbstractBaseUser, message_id: int) -> Message
     if message is None:
         raise NotFound("message_not_found", "No such message.")
     return message
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    results: list[Conversation]
+    total: int
+    has_next: bool
+    snippets: dict[int, str] | None = None
+    """For a search: a piece of each result's first matching message, by conversation id."""
+
+
+async def conversation_apage_for_user(
+    user: AbstractBaseUser, *, query: str | None, page: int, page_size: int
+) -> ConversationPage:
+    """One page of the user's conversations, newest first; with a search ``query``, only
+    those that match it, with snippets."""
+    terms = search_terms(query) if query is not None else None
+    if terms is None:
+        conversations = conversation_api_list_for_user(user)
+    else:
+        conversations = conversation_search_for_user(user, terms)
+    total = await conversations.acount()
+    offset = (page - 1) * page_size
+    results = [c async for c in conversations[offset : offset + page_size]]
+    snippets = None
+    if terms is not None:
+        snippets = await conversation_asearch_snippets([c.pk for c in results], terms)
+    return ConversationPage(results, total, offset + len(results) < total, snippets)
 
 
 def search_terms(query: str) -> list[str]:

@@ -49,14 +49,11 @@ from .replies import (
 from .selectors import (
     SIDEBAR_LENGTH,
     conversation_aget_owned,
-    conversation_api_list_for_user,
-    conversation_asearch_snippets,
+    conversation_apage_for_user,
     conversation_date_groups,
     conversation_get_for_user,
     conversation_list_for_user,
-    conversation_search_for_user,
     message_get_for_user,
-    search_terms,
 )
 from .serializers import conversation_detail, conversation_summary
 from .services import conversation_arename
@@ -188,27 +185,20 @@ async def conversation_list(request: HttpRequest) -> HttpResponse:
     """The caller's conversations, newest first; with ``q``, those whose title or messages
     have its words, each with a snippet of the first message that has them."""
     page, page_size = pagination_from_query(request.GET)
-    query = search_query_from(request.GET)
-    if query is None:
-        conversations = conversation_api_list_for_user(request.api_user)
-    else:
-        terms = search_terms(query)
-        conversations = conversation_search_for_user(request.api_user, terms)
-    total = await conversations.acount()
-    offset = (page - 1) * page_size
-    results = [c async for c in conversations[offset : offset + page_size]]
-    summaries = [conversation_summary(c) for c in results]
-    if query is not None:
-        snippets = await conversation_asearch_snippets([c.pk for c in results], terms)
+    found = await conversation_apage_for_user(
+        request.api_user, query=search_query_from(request.GET), page=page, page_size=page_size
+    )
+    summaries = [conversation_summary(c) for c in found.results]
+    if found.snippets is not None:
         for summary in summaries:
-            summary["snippet"] = snippets.get(summary["id"])
+            summary["snippet"] = found.snippets.get(summary["id"])
     return JsonResponse(
         {
             "results": summaries,
             "page": page,
             "page_size": page_size,
-            "total": total,
-            "has_next": offset + len(results) < total,
+            "total": found.total,
+            "has_next": found.has_next,
         }
     )
 
