@@ -408,7 +408,10 @@ async function search() {
       signal: controller.signal,
     });
     if (!response.ok) {
-      searchSummary.textContent = await errorText(response, "The search failed.");
+      const text = await errorText(response, "The search failed.");
+      if (searching !== controller) return; // a newer search is on its way
+      searching = null;
+      searchSummary.textContent = text;
       searchList.replaceChildren();
       searchResults.hidden = false;
       groups.hidden = true;
