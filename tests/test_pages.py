@@ -80,6 +80,28 @@ def test_static_files_are_served_hashed_compressed_and_long_cached(server, user)
     assert "SSEParser" in js.text
 
 
+def test_the_chat_pages_modules_import_each_other_by_their_hashed_names(server, user):
+    """A deploy cannot pair a cached module with a newer one it imports: every relative
+    import in the served modules names a hashed file, and each one is served."""
+    with session_client(server.url, user) as client:
+        page = client.get("/")
+        entry = re.search(r'src="(/static/conversations/chat\.[0-9a-f]{12}\.js)"', page.text)
+        assert entry, page.text
+        seen, pending = set(), [entry.group(1)]
+        while pending:
+            path = pending.pop()
+            seen.add(path)
+            module = client.get(path)
+            assert module.status_code == 200, path
+            folder = path.rsplit("/", 1)[0]
+            for name in re.findall(r"""(?:from|import)\s*["']\./([^"']+)["']""", module.text):
+                assert re.fullmatch(r"[\w./-]+\.[0-9a-f]{12}\.m?js", name), (path, name)
+                if f"{folder}/{name}" not in seen:
+                    pending.append(f"{folder}/{name}")
+
+    assert len(seen) > 1, "chat.js imports no module: nothing was checked"
+
+
 def test_pages_forbid_inline_script_and_framing(server, user):
     with session_client(server.url, user) as client:
         response = client.get("/")
