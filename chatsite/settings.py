@@ -260,6 +260,8 @@ CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
 # With REDIS_URL: how often a process vouches in Redis for the replies it produces (a reply
 # whose producer stopped vouching for three beats may be marked interrupted).
 CHAT_HEARTBEAT_SECONDS = env_number("CHAT_HEARTBEAT_SECONDS", 5.0, float)
+# /readyz: how long PostgreSQL and Redis each have to answer before the site says it is not ready.
+CHAT_READY_TIMEOUT_SECONDS = env_number("CHAT_READY_TIMEOUT_SECONDS", 2.0, float)
 # A reply whose last client left goes on this long for one to come back (0: stopped at once).
 CHAT_DETACH_GRACE_SECONDS = env_number("CHAT_DETACH_GRACE_SECONDS", 10.0, float)
 # How long an ended reply's tokens are kept for clients that resume it frame for frame.

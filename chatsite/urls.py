@@ -1,9 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from chatsite.health import healthz, readyz
 from conversations.views import admin_sign_in, sign_in
 
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     # Ahead of the admin's and Django's auth URLs: the same sign-in views, their POSTs counted
     # together (conversations.attempts).
     path("admin/login/", admin_sign_in),
