@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser run test lint format migrations-check bench bench-quick ci clean screenshot
+.PHONY: install browser nginx run test lint format migrations-check bench bench-quick ci clean screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ browser:
 	else \
 		echo "The browser tests need Chromium: run 'sudo apt-get install chromium'" \
 			"(or set CHROMIUM_PATH), then 'make test' again." >&2; exit 1; \
+	fi
+
+# The proxy tests start Debian's nginx with deploy/nginx.conf on loopback ports.
+nginx:
+	@if [ -x "$${NGINX_PATH:-/usr/sbin/nginx}" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; \
+	else \
+		echo "The proxy tests need nginx: run 'sudo apt-get install nginx'" \
+			"(or set NGINX_PATH), then 'make test' again." >&2; exit 1; \
 	fi
 
 run: export DJANGO_DEBUG ?= 1
@@ -44,7 +54,7 @@ format: install
 migrations-check: install
 	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 
-test: install browser lint migrations-check
+test: install browser nginx lint migrations-check
 	$(BIN)/pytest
 
 # Refresh the README's screenshot of the chat page (tests/artifacts/chat-page.png).
