@@ -68,16 +68,33 @@ def check_limit(env_file: str | None) -> None:
     uvicorn has loaded that file, which does not override the environment)."""
     from chatsite.http_protocol import max_header_bytes_from_env  # as capped_protocol()
 
+    try:
+        max_header_bytes_from_env(environment(env_file))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def check_shared_state(workers: int | None, env_file: str | None) -> None:
+    """Refuse several workers without REDIS_URL: each would keep its own limits, stream slots,
+    stops and resumable replies, and nothing would say so."""
+    environ = environment(env_file)
+    count = workers or int(environ.get("WEB_CONCURRENCY") or 1)
+    if count > 1 and not environ.get("REDIS_URL"):
+        raise click.ClickException(
+            f"{count} workers need REDIS_URL: without Redis each worker would keep its own rate "
+            "limits, stream slots, stops and resumable replies. Set REDIS_URL, or run one worker."
+        )
+
+
+def environment(env_file: str | None) -> dict[str, str]:
+    """The variables the workers will see: uvicorn's ``--env-file``, under the environment."""
     environ: dict[str, str] = {}
     if env_file:
         from dotenv import dotenv_values  # uvicorn's own --env-file reader
 
         environ.update((k, v) for k, v in dotenv_values(env_file).items() if v is not None)
     environ.update(os.environ)
-    try:
-        max_header_bytes_from_env(environ)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    return environ
 
 
 def build_command(stock: click.Command | None = None) -> click.Command:
@@ -86,6 +103,7 @@ def build_command(stock: click.Command | None = None) -> click.Command:
     callback: Callable[..., Any] = stock.callback  # type: ignore[assignment]
 
     def serve(**params: Any) -> Any:
+        check_shared_state(params.get("workers"), params.get("env_file"))
         if params["http"] in CAPPED_CHOICES:
             protocol, found = capped_protocol()
             if protocol is None:

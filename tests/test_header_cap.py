@@ -171,13 +171,16 @@ def answers(port: int) -> bool:
         return False
 
 
-def test_the_cap_holds_in_every_worker_with_the_limit_from_an_env_file(server_env, tmp_path):
+def test_the_cap_holds_in_every_worker_with_the_limit_from_an_env_file(
+    server_env, tmp_path, redis_url
+):
     """uvicorn spawns its workers afresh; the protocol class reaches them with their config, and
     the limit is read after uvicorn has loaded its --env-file."""
     port = free_port()
     env_file = tmp_path / "server.env"
     env_file.write_text(f"CHAT_MAX_HEADER_BYTES={SMALL_LIMIT}\n")
     env = {k: v for k, v in server_env.items() if k != "CHAT_MAX_HEADER_BYTES"}
+    env["REDIS_URL"] = redis_url  # several workers share their state through it
     log_path = tmp_path / "workers.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
