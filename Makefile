@@ -41,7 +41,7 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py interrupt_stale_replies --older-than 0
 	$(BIN)/python manage.py ensure_demo_user
-	$(BIN)/python -m chatsite.serve chatsite.asgi:application --host $(HOST) --port $(PORT) --lifespan off --no-proxy-headers
+	$(BIN)/python -m chatsite.serve chatsite.asgi:application --host $(HOST) --port $(PORT) --no-proxy-headers
 
 lint: install
 	$(BIN)/ruff check .

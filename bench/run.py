@@ -84,8 +84,6 @@ class Target:
             "--port",
             str(self.port),
             "--no-access-log",
-            "--lifespan",
-            "off",
             "--no-proxy-headers",
             "--backlog",
             "4096",

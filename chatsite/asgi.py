@@ -14,7 +14,7 @@ from django.db import connections
 from django.http import HttpResponse, JsonResponse
 from django.urls import get_resolver
 
-from chatsite.lifecycle import CURRENT, Handling
+from chatsite.lifecycle import CURRENT, Handling, arun_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -117,6 +117,26 @@ class ChatASGIHandler(ASGIHandler):
         super().__init__()
         self.threads = RequestThreads()
         self.max_body_bytes = settings.CHAT_MAX_BODY_BYTES
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def lifespan(self, receive, send) -> None:
+        """ASGI lifespan, which Django's handler refuses: nothing to do at startup; at shutdown,
+        what ``chatsite.lifecycle.run_at_shutdown`` registered (the replies still running are
+        saved ``interrupted``). uvicorn sends it once the graceful-shutdown timeout has passed,
+        and then exits at once, before any task it leaves behind could save anything."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await arun_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def handle(self, scope, receive, send):
         if declared_length(scope) > self.max_body_bytes:

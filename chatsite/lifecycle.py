@@ -1,4 +1,5 @@
-"""What a request leaves for the moment it has been handled to the end.
+"""What a request leaves for the moment it has been handled to the end, and what the process
+does when it is told to stop.
 
 Django's ASGI handler drops a response that the client left before it was sent (a disconnect
 while a middleware or the first ``send`` is awaited): its body is never iterated, so an async
@@ -50,3 +51,21 @@ def run_after_request(callback: AfterRequest) -> None:
     handling = CURRENT.get(None)
     if handling is not None:
         handling.after.append(callback)
+
+
+AtShutdown = Callable[[], Awaitable[None]]
+_AT_SHUTDOWN: list[AtShutdown] = []
+
+
+def run_at_shutdown(callback: AtShutdown) -> None:
+    """Await ``callback`` when the server stops this process (ASGI lifespan shutdown: after
+    uvicorn's graceful-shutdown timeout has cancelled the requests still open)."""
+    _AT_SHUTDOWN.append(callback)
+
+
+async def arun_shutdown() -> None:
+    for callback in _AT_SHUTDOWN:
+        try:
+            await callback()
+        except Exception:
+            logger.exception("shutting down failed")

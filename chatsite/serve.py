@@ -86,6 +86,18 @@ def check_shared_state(workers: int | None, env_file: str | None) -> None:
         )
 
 
+def shutdown_grace(env_file: str | None) -> int:
+    """Seconds a worker told to stop (SIGTERM, SIGINT) gives its running replies to finish:
+    ``CHAT_SHUTDOWN_GRACE_SECONDS`` (20), unless ``--timeout-graceful-shutdown`` says. Then
+    uvicorn cancels the requests, and the replies still running are saved ``interrupted``."""
+    value = environment(env_file).get("CHAT_SHUTDOWN_GRACE_SECONDS") or "20"
+    if not value.isdigit():
+        raise click.ClickException(
+            f"CHAT_SHUTDOWN_GRACE_SECONDS must be a whole number of seconds, not {value!r}"
+        )
+    return int(value)
+
+
 def environment(env_file: str | None) -> dict[str, str]:
     """The variables the workers will see: uvicorn's ``--env-file``, under the environment."""
     environ: dict[str, str] = {}
@@ -104,6 +116,8 @@ def build_command(stock: click.Command | None = None) -> click.Command:
 
     def serve(**params: Any) -> Any:
         check_shared_state(params.get("workers"), params.get("env_file"))
+        if params.get("timeout_graceful_shutdown") is None:
+            params["timeout_graceful_shutdown"] = shutdown_grace(params.get("env_file"))
         if params["http"] in CAPPED_CHOICES:
             protocol, found = capped_protocol()
             if protocol is None:

@@ -24,3 +24,9 @@ class ConversationsConfig(AppConfig):
             except ValueError as error:
                 raise ImproperlyConfigured(f"{name}: {error}") from None
         stream_slots()
+
+        from chatsite.lifecycle import run_at_shutdown
+
+        from .replies.running import replies_ainterrupt_running
+
+        run_at_shutdown(replies_ainterrupt_running)

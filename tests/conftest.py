@@ -63,8 +63,6 @@ class LiveServer:
                 "--port",
                 str(self.port),
                 "--no-access-log",
-                "--lifespan",
-                "off",
                 "--no-proxy-headers",
             ],
             cwd=ROOT,

@@ -186,7 +186,7 @@ def test_the_cap_holds_in_every_worker_with_the_limit_from_an_env_file(
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "chatsite.serve", "chatsite.asgi:application"),
-                *("--port", str(port), "--workers", "2", "--lifespan", "off"),
+                *("--port", str(port), "--workers", "2"),
                 *("--env-file", str(env_file)),
             ],
             cwd=ROOT,

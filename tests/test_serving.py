@@ -3,18 +3,23 @@ shared state per process."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
+import httpx
 import pytest
 
+from conversations.models import Message
+from conversations.tokens import api_token_create
 from tests.conftest import ROOT, free_port
+from tests.sse import iter_frames
 
 
 def launch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "chatsite.serve", "chatsite.asgi:application"]
     return subprocess.run(
-        [*command, "--port", str(free_port()), "--lifespan", "off", *args],
+        [*command, "--port", str(free_port()), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -36,3 +41,50 @@ def test_several_workers_without_redis_refuse_to_start(server_env, args, extra):
     assert started.returncode != 0
     assert "workers need REDIS_URL" in started.stderr
     assert "Started server process" not in started.stderr + started.stdout
+
+
+def test_a_stopping_worker_lets_short_replies_finish_and_saves_the_rest_interrupted(
+    start_server, fake_upstream, make_user
+):
+    """SIGTERM: no new connections; a reply that ends within CHAT_SHUTDOWN_GRACE_SECONDS ends
+    complete; one still running then is cut and saved ``interrupted`` with its text so far."""
+    worker = start_server(
+        "stopping",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        CHAT_SHUTDOWN_GRACE_SECONDS="2",
+    )
+    fake_upstream.script("short before stop", tokens=[f"s{i} " for i in range(4)], interval=0.3)
+    fake_upstream.script("long before stop", tokens=[f"l{i} " for i in range(600)], interval=0.05)
+    _, token = api_token_create(owner=make_user("sigrid"))
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=worker.url, headers=headers, timeout=30) as client:
+        with (
+            client.stream(
+                "GET", "/api/chat/stream", params={"message": "short before stop"}
+            ) as short,
+            client.stream(
+                "GET", "/api/chat/stream", params={"message": "long before stop"}
+            ) as long,
+        ):
+            short_frames, long_frames = iter_frames(short), iter_frames(long)
+            first_short = next(frame for frame in short_frames if frame.has_data)
+            first_long = next(frame for frame in long_frames if frame.has_data)
+            worker.process.send_signal(signal.SIGTERM)
+            short_rest = [frame.data for frame in short_frames if frame.has_data]
+            long_rest = []
+            with pytest.raises(httpx.RemoteProtocolError):  # cut off mid-stream
+                long_rest.extend(frame.data for frame in long_frames if frame.has_data)
+            short_id, long_id = (int(r.headers["x-message-id"]) for r in (short, long))
+        worker.process.wait(15)
+        with pytest.raises(httpx.ConnectError):
+            client.get("/healthz")
+
+    assert [first_short.data, *short_rest] == ['"s0 "', '"s1 "', '"s2 "', '"s3 "', "[DONE]"]
+    assert "[DONE]" not in long_rest
+    assert Message.objects.get(pk=short_id).status == Message.Status.COMPLETE
+    interrupted = Message.objects.get(pk=long_id)
+    assert interrupted.status == Message.Status.INTERRUPTED
+    assert interrupted.content.startswith("l0 l1 ")
+    assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in worker.log()
+    assert first_long.data == '"l0 "'

@@ -60,7 +60,12 @@ INTERNAL_ERROR = Finished(
     Message.Status.ERROR, "internal_error", "The reply failed because of an error on the server."
 )
 NOT_SAVED = Finished(Message.Status.ERROR, "save_failed", "The reply could not be saved.")
-STOP_REASONS = {"stopped": STOPPED, "client_left": CLIENT_LEFT, "timeout": TIMED_OUT}
+STOP_REASONS = {
+    "stopped": STOPPED,
+    "client_left": CLIENT_LEFT,
+    "timeout": TIMED_OUT,
+    "shutdown": INTERRUPTED,
+}
 
 
 def too_long(max_chars: int) -> Finished:

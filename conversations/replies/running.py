@@ -189,3 +189,21 @@ async def reply_astop_here(message_id: int) -> bool:
         return False
     await reply.aclose()
     return True
+
+
+SHUTDOWN_SAVE_SECONDS = 10.0
+"""How long a stopping process waits for its interrupted replies to be saved."""
+
+
+async def replies_ainterrupt_running() -> None:
+    """The process is stopping: every reply it still produces is stopped, its upstream request
+    closed, and saved ``interrupted`` with its text so far."""
+    replies = list(RUNNING.values())
+    for reply in replies:
+        reply.stop("shutdown")
+    if replies:
+        logger.warning("stopping: %d replies still running are saved interrupted", len(replies))
+        await asyncio.wait(
+            [asyncio.ensure_future(reply.aended()) for reply in replies],
+            timeout=SHUTDOWN_SAVE_SECONDS,
+        )
