@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser nginx run test lint format migrations-check bench bench-quick ci clean screenshot
+.PHONY: install browser nginx run serve test lint format migrations-check bench bench-quick ci clean screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,17 @@ run: install
 	$(BIN)/python manage.py interrupt_stale_replies --older-than 0
 	$(BIN)/python manage.py ensure_demo_user
 	$(BIN)/python -m chatsite.serve chatsite.asgi:application --host $(HOST) --port $(PORT) --no-proxy-headers
+
+# Production: settings come from the environment (see README, "Serving in production"); the
+# deploy checks print their warnings, static files are collected, migrations applied, then
+# WEB_CONCURRENCY workers (2 by default; more than one needs REDIS_URL) serve on HOST:PORT.
+serve: export DJANGO_DEBUG = 0
+serve: install
+	$(BIN)/python manage.py check --deploy
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py migrate --noinput
+	exec $(BIN)/python -m chatsite.serve chatsite.asgi:application --host $(HOST) --port $(PORT) \
+		--workers $${WEB_CONCURRENCY:-2} --no-proxy-headers --no-access-log
 
 lint: install
 	$(BIN)/ruff check .

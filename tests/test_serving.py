@@ -3,6 +3,7 @@ shared state per process."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from conversations.models import Message
 from conversations.tokens import api_token_create
 from tests.conftest import ROOT, free_port
 from tests.sse import iter_frames
+from tests.test_deploy_checks import DEPLOYED
+from tests.test_stream_failures import wait_until
 
 
 def launch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -88,3 +91,40 @@ def test_a_stopping_worker_lets_short_replies_finish_and_saves_the_rest_interrup
     assert interrupted.content.startswith("l0 l1 ")
     assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in worker.log()
     assert first_long.data == '"l0 "'
+
+
+def test_make_serve_checks_collects_migrates_and_serves_with_several_workers(
+    server_env, redis_url, tmp_path
+):
+    port = free_port()
+    env = {
+        **{k: v for k, v in server_env.items() if not k.startswith("DJANGO_")},
+        **DEPLOYED,
+        "REDIS_URL": redis_url,
+        "WEB_CONCURRENCY": "2",
+        "PORT": str(port),
+    }
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until(lambda: log_path.read_text().count("Started server process") == 2, 90)
+            ready = httpx.get(
+                f"http://127.0.0.1:{port}/readyz", headers={"Host": "chat.example.com"}
+            )
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+    output = log_path.read_text()
+    assert ready.status_code == 200, output
+    assert "System check identified" in output  # the deploy checks ran (and warned: no HTTPS)
+    assert "Running migrations:" in output
+    assert process.returncode == 0, output
