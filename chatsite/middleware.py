@@ -13,6 +13,7 @@ from django.utils.cache import patch_vary_headers
 from django.utils.decorators import sync_and_async_middleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from chatsite.logs import REQUEST_ID, request_id_for
 from conversations.limits import is_trusted_proxy
 
 PRIVATE = "private, no-store"
@@ -23,6 +24,7 @@ def set_default_headers(request, response) -> None:
     say may be cached (pages and API answers are the caller's own); API answers depend on the
     Authorization header too."""
     headers = response.headers
+    headers.setdefault("X-Request-Id", REQUEST_ID.get())
     headers.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
     headers.setdefault("Cache-Control", PRIVATE)
     if request.path.startswith("/api/"):
@@ -31,10 +33,12 @@ def set_default_headers(request, response) -> None:
 
 @sync_and_async_middleware
 def default_headers_middleware(get_response):
-    """set_default_headers on every response that did not set its own (static files do)."""
+    """The request's id (``chatsite.logs``) for everything logged while it is handled, then
+    set_default_headers on every response that did not set its own (static files do)."""
     if iscoroutinefunction(get_response):
 
         async def middleware(request):
+            identify(request)
             response = await get_response(request)
             set_default_headers(request, response)
             return response
@@ -42,11 +46,21 @@ def default_headers_middleware(get_response):
     else:
 
         def middleware(request):
+            identify(request)
             response = get_response(request)
             set_default_headers(request, response)
             return response
 
     return middleware
+
+
+def identify(request) -> None:
+    REQUEST_ID.set(
+        request_id_for(
+            request.META.get("HTTP_X_REQUEST_ID"),
+            from_trusted_proxy=is_trusted_proxy(request.META.get("REMOTE_ADDR", "")),
+        )
+    )
 
 
 class StaticFilesMiddleware(WhiteNoiseMiddleware):

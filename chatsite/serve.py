@@ -33,6 +33,7 @@ import click
 from uvicorn.main import main as uvicorn_command
 
 CAPPED_CHOICES = ("auto", "httptools")
+SHUTDOWN_GRACE_ENV_NAME = "CHAT_SHUTDOWN_GRACE_SECONDS"
 
 # Its own handler: the launcher logs before uvicorn (or Django) has configured logging.
 logger = logging.getLogger("chatsite.serve")
@@ -90,10 +91,10 @@ def shutdown_grace(env_file: str | None) -> int:
     """Seconds a worker told to stop (SIGTERM, SIGINT) gives its running replies to finish:
     ``CHAT_SHUTDOWN_GRACE_SECONDS`` (20), unless ``--timeout-graceful-shutdown`` says. Then
     uvicorn cancels the requests, and the replies still running are saved ``interrupted``."""
-    value = environment(env_file).get("CHAT_SHUTDOWN_GRACE_SECONDS") or "20"
+    value = environment(env_file).get(SHUTDOWN_GRACE_ENV_NAME) or "20"
     if not value.isdigit():
         raise click.ClickException(
-            f"CHAT_SHUTDOWN_GRACE_SECONDS must be a whole number of seconds, not {value!r}"
+            f"{SHUTDOWN_GRACE_ENV_NAME} must be a whole number of seconds, not {value!r}"
         )
     return int(value)
 

@@ -6,6 +6,7 @@ provider); production values fail fast when they are missing. ``.env.example`` l
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -283,14 +284,27 @@ CHAT_SIGNUP_RATE_PER_IP = env_str("CHAT_SIGNUP_RATE_PER_IP", "10/h")
 # How long a cancel or a delete waits for another process to stop a reply (REDIS_URL only).
 CHAT_STOP_WAIT_SECONDS = env_number("CHAT_STOP_WAIT_SECONDS", 5.0, float)
 
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {
-        "without_outage_tracebacks": {"()": "conversations.outages.WithoutOutageTracebacks"}
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "chatsite.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "without_outage_tracebacks": {"()": "conversations.outages.WithoutOutageTracebacks"},
+        "request_id": {"()": "chatsite.logs.RequestIdFilter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
@@ -298,5 +312,16 @@ LOGGING = {
         "django.request": {"filters": ["without_outage_tracebacks"]},
         # One line per upstream request duplicates the reply's own line (conversations.replies).
         "httpx": {"level": "WARNING"},
+        # uvicorn's own lines (start, stop, errors, and its access log unless it is off:
+        # uvicorn keeps it off by leaving that logger without a handler) in the same format.
+        **(
+            {
+                name: {"handlers": ["console"], "level": "INFO", "propagate": False}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+                if name != "uvicorn.access" or logging.getLogger(name).handlers
+            }
+            if LOG_FORMAT == "json"
+            else {}
+        ),
     },
 }

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -119,9 +120,13 @@ def test_make_serve_checks_collects_migrates_and_serves_with_several_workers(
             ready = httpx.get(
                 f"http://127.0.0.1:{port}/readyz", headers={"Host": "chat.example.com"}
             )
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
+            # As a process manager stops it: SIGTERM to the server, which make waits for.
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+            os.kill(int(children.split()[0]), signal.SIGTERM)
             process.wait(30)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
 
     output = log_path.read_text()
     assert ready.status_code == 200, output

@@ -86,12 +86,11 @@ def test_cache_is_redis_exactly_when_redis_url_is_set():
 def test_env_example_lists_every_setting_the_settings_read():
     source = (ROOT / "chatsite" / "settings.py").read_text()
     read = set(re.findall(r'env_(?:str|bool|number|list)\(\s*"([A-Z0-9_]+)"', source))
-    # The HTTP server's own setting, read before Django's settings are.
-    read |= set(
-        re.findall(
-            r'ENV_NAME = "([A-Z0-9_]+)"', (ROOT / "chatsite" / "http_protocol.py").read_text()
+    # The HTTP server's and the launcher's own settings, read before Django's settings are.
+    for module in ("http_protocol.py", "serve.py"):
+        read |= set(
+            re.findall(r'ENV_NAME = "([A-Z0-9_]+)"', (ROOT / "chatsite" / module).read_text())
         )
-    )
     listed = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
 
     assert len(read) > 20

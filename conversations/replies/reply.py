@@ -282,12 +282,25 @@ class Reply:
             error_message=finished.error_message,
             attach_count=self.attaches,
         )
+        reported = outcome.completion_tokens
         logger.info(
             "reply %s %s: %d deltas in %.0f ms",
             self.message_id,
             finished.status,
             len(parts),
             (ended - started) * 1000,
+            extra={
+                "conversation_id": self.conversation_id,
+                "message_id": self.message_id,
+                "user_id": self.owner_id,
+                "model": getattr(self.provider, "model", ""),
+                "status": finished.status,
+                "end_reason": finished.error_code or outcome.finish_reason,
+                "ttft_ms": _ms(first_token_at - started) if first_token_at is not None else None,
+                "duration_ms": _ms(ended - started),
+                "tokens": reported if reported is not None else len(parts),
+                "tokens_estimated": reported is None,
+            },
         )
 
     # -- the reading side -----------------------------------------------------------------
