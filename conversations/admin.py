@@ -9,8 +9,10 @@ from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Sum, Va
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from .exports import conversations_export
+from .markdown import render_markdown
 from .models import ApiToken, Conversation, Message
 from .tokens import api_token_create, token_digest
 
@@ -41,25 +43,88 @@ class LastReplyStatusFilter(admin.SimpleListFilter):
 
 
 class TranscriptInline(admin.TabularInline):
+    """The conversation as it was said: replies rendered as on the chat page (the same
+    sanitised Markdown), messages with their line breaks and indentation, one short line of
+    figures each, and "–" where a figure is unknown rather than a misleading 0."""
+
     model = Message
     extra = 0
     can_delete = False
-    show_change_link = False
+    show_change_link = True
     ordering = ["created_at", "id"]
-    fields = [
-        "created_at", "role", "content", "status", "ttft_ms", "duration_ms",
-        "prompt_tokens", "completion_tokens", "finish_reason", "error_code", "error_message",
-        "attach_count",
-    ]  # fmt: skip
+    fields = ["when", "role", "text", "outcome", "timing", "tokens", "attach_count"]
     readonly_fields = fields
     verbose_name = "message"
     verbose_name_plural = "transcript"
+    classes = ["transcript"]
+
+    class Media:
+        css = {"all": ["conversations/admin.css"]}
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description="when")
+    def when(self, message: Message) -> str:
+        return format_html(
+            '<time class="nowrap" datetime="{}">{}</time>',
+            message.created_at.isoformat(),
+            timezone.localtime(message.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+        )
+
+    @admin.display(description="message")
+    def text(self, message: Message) -> str:
+        if message.role == Message.Role.ASSISTANT:
+            return format_html(
+                '<div class="transcript-markdown">{}</div>', render_markdown(message.content)
+            )
+        return format_html('<div class="transcript-plain">{}</div>', message.content)
+
+    @admin.display(description="status")
+    def outcome(self, message: Message) -> str:
+        if not message.error_code:
+            return format_html('<span class="nowrap">{}</span>', message.get_status_display())
+        return format_html(
+            '<span class="nowrap">{} · {}</span><br><span class="transcript-error">{}</span>',
+            message.get_status_display(),
+            message.error_code,
+            message.error_message,
+        )
+
+    @admin.display(description="time to first token · duration")
+    def timing(self, message: Message) -> str:
+        if message.role != Message.Role.ASSISTANT:
+            return "–"
+        return format_html(
+            '<span class="nowrap">{} · {}</span>',
+            duration_text(message.ttft_ms),
+            duration_text(message.duration_ms),
+        )
+
+    @admin.display(description="tokens in → out")
+    def tokens(self, message: Message) -> str:
+        if message.prompt_tokens is None and message.completion_tokens is None:
+            return "–"
+        return format_html(
+            '<span class="nowrap">{} → {}</span>',
+            "–" if message.prompt_tokens is None else message.prompt_tokens,
+            "–" if message.completion_tokens is None else message.completion_tokens,
+        )
+
+
+def duration_text(milliseconds: int | None) -> str:
+    """``850 ms``, ``2.3 s``, ``4 min 05 s``; ``–`` when unknown."""
+    if milliseconds is None:
+        return "–"
+    if milliseconds < 1000:
+        return f"{milliseconds} ms"
+    if milliseconds < 60_000:
+        return f"{milliseconds / 1000:.1f} s"
+    minutes, seconds = divmod(round(milliseconds / 1000), 60)
+    return f"{minutes} min {seconds:02d} s"
 
 
 @admin.register(Conversation)

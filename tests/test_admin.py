@@ -89,10 +89,10 @@ def test_conversation_page_shows_the_whole_transcript_read_only(server, staff, e
     with session_client(server.url, staff) as client:
         page = client.get(f"/admin/conversations/conversation/{done.pk}/change/").text
 
-    question, answer = page.index("How long for spaghetti?"), page.index("About **9 minutes**.")
+    question, answer = page.index("How long for spaghetti?"), page.index("About <strong>9 minutes")
     assert question < answer
-    for metric in ("120", "900", "30", "12", "stop"):
-        assert f"<p>{metric}</p>" in page or f">{metric}<" in page
+    assert '<span class="nowrap">120 ms · 900 ms</span>' in page
+    assert '<span class="nowrap">30 → 12</span>' in page
     assert "<textarea" not in page
     assert 'name="messages-0-content"' not in page
 
@@ -194,3 +194,34 @@ def test_staff_create_a_token_in_the_admin_and_it_is_shown_once(server, staff):
     assert ApiToken.objects.get(name="from admin").owner == staff
     api = httpx.get(f"{server.url}/api/conversations", headers={"Authorization": f"Bearer {raw}"})
     assert api.status_code == 200
+
+
+def test_the_transcript_reads_like_the_chat_page_with_figures_in_words(server, staff, make_user):
+    """Replies rendered (code keeps its indentation, hostile markup stays inert), a user's
+    line breaks kept, the time on one line, durations in ms, s or min, unknown tokens as –."""
+    owner = make_user("ursula")
+    conversation = Conversation.objects.create(owner=owner, title="Code", model="m1")
+    Message.objects.create(
+        conversation=conversation, role="user", content="first line\n    indented line"
+    )
+    reply = "Here:\n\n```python\ndef f():\n    return 1\n```\n\n<script>alert(1)</script>"
+    Message.objects.create(
+        conversation=conversation, role="assistant", content=reply, model="m1",
+        ttft_ms=2300, duration_ms=245_000, status="cancelled", error_code="client_left",
+        error_message="The client left and no client came back for it.",
+    )  # fmt: skip
+
+    with session_client(server.url, staff) as client:
+        page = client.get(f"/admin/conversations/conversation/{conversation.pk}/change/").text
+
+    assert '<div class="transcript-plain">first line\n    indented line</div>' in page
+    assert "def f():\n    return 1" in page and "<pre><code" in page
+    assert "<script>alert(1)</script>" not in page
+    assert '<span class="nowrap">2.3 s · 4 min 05 s</span>' in page
+    tokens = re.findall(r'<td class="field-tokens">(.*?)</td>', page, re.S)
+    assert [re.sub(r"<[^>]+>", "", cell).strip() for cell in tokens] == ["–", "–"]
+    assert "Cancelled · client_left" in page
+    assert re.search(
+        r'<time class="nowrap" datetime="[^"]+">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</time>', page
+    )
+    assert "conversations/admin" in page and ".css" in page
