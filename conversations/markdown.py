@@ -16,6 +16,9 @@ ALLOWED_TAGS = {
     "table", "thead", "tbody", "tr", "th", "td",
 }  # fmt: skip
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "ol": {"start"}}
+URL_SCHEMES = {"http", "https", "mailto"}
+# The page renders a streaming reply with the same rules and allow-list:
+# static/conversations/render.js (tests/test_chat_rendering.py keeps the copies equal).
 
 
 def render_markdown(text: str) -> SafeString:
@@ -29,7 +32,7 @@ def render_markdown(text: str) -> SafeString:
         html,
         tags=ALLOWED_TAGS,
         attributes=ALLOWED_ATTRIBUTES,
-        url_schemes={"http", "https", "mailto"},
+        url_schemes=URL_SCHEMES,
         link_rel="noopener noreferrer nofollow",
     )
     return mark_safe(clean)  # noqa: S308 - sanitised by nh3 just above

@@ -20,15 +20,17 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 """Where ``make screenshot`` (UPDATE_SCREENSHOT=1) refreshes the README's screenshot; other
 runs write theirs to a temporary directory, so a test run leaves the tree as it found it."""
 
+# The text the last reply shows so far (its ``data-source``: the page renders it as Markdown).
 RECORD_STREAMED_TEXT = """() => {
   window.__snapshots = [];
   const transcript = document.getElementById("transcript");
   new MutationObserver(() => {
-    const body = transcript.querySelector(".message.assistant.streaming .message-body");
-    if (body && body.textContent !== window.__snapshots.at(-1)) {
-      window.__snapshots.push(body.textContent);
+    const replies = transcript.querySelectorAll(".message.assistant");
+    const text = replies[replies.length - 1]?.dataset.source;
+    if (text !== undefined && text !== window.__snapshots.at(-1)) {
+      window.__snapshots.push(text);
     }
-  }).observe(transcript, { subtree: true, childList: true, characterData: true });
+  }).observe(transcript, { subtree: true, childList: true, attributeFilter: ["data-source"] });
 }"""
 
 

@@ -1,5 +1,6 @@
 from django import template
-from django.utils.safestring import SafeString
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 from conversations.markdown import render_markdown
 
@@ -9,3 +10,10 @@ register = template.Library()
 @register.filter(name="markdown")
 def markdown_filter(text: str) -> SafeString:
     return render_markdown(text)
+
+
+@register.filter(name="exact_attribute")
+def exact_attribute_filter(text: str) -> SafeString:
+    """``text`` escaped for an attribute value that reads back exactly, carriage returns too
+    (an HTML parser turns a raw CR or CRLF into LF)."""
+    return mark_safe(escape(text).replace("\r", "&#13;"))  # noqa: S308 - escaped just before

@@ -1,8 +1,9 @@
 // The chat page's stream reader: POST /api/chat/stream with fetch, parse SSE from the body,
-// append tokens as text, then swap in the server-rendered copy of the saved reply. A dropped
-// connection is picked up again where it left off, and a page opened while its conversation's
-// last reply streams attaches to it.
+// render the growing text as Markdown (render.js), then swap in the server-rendered copy of the
+// saved reply. A dropped connection is picked up again where it left off, and a page opened
+// while its conversation's last reply streams attaches to it.
 
+import { addMessageCopy, adoptSaved, enhanceTranscript, liveReply } from "./render.js";
 import { conversationActive, provisionalTitle, watchTitle } from "./sidebar.js";
 
 /** An incremental SSE parser (https://html.spec.whatwg.org/multipage/server-sent-events.html). */
@@ -121,6 +122,7 @@ function messageNode(role, text) {
   body.className = "message-body plain";
   body.textContent = text;
   article.append(label, body);
+  addMessageCopy(article);
   transcript.append(article);
   return article;
 }
@@ -177,6 +179,7 @@ async function swapForSaved(article, convId, messageId) {
     const saved = template.content.firstElementChild;
     // Not saved yet (the server has not seen the connection drop): keep the text received.
     if (!saved || saved.dataset.status === "streaming") return;
+    adoptSaved(saved, article);
     article.replaceWith(saved);
     // The saved copy can be shorter: the page moving up under it is not the user scrolling.
     followedTop = Math.min(followedTop, document.scrollingElement.scrollTop);
@@ -237,13 +240,10 @@ async function readFrames(response, reply, onToken) {
 /** Follow a reply to its end: the response given, then, if the connection drops, the attach
  *  endpoint from the frames already received (with backoff, showing "Reconnecting…"). */
 async function follow(reply, first, messageId, state) {
-  const body = reply.querySelector(".message-body");
-  const textNode = document.createTextNode("");
-  body.replaceChildren(textNode);
+  state.view = liveReply(reply, scrollToEnd);
   const onToken = (token) => {
     state.received += 1;
-    textNode.appendData(token);
-    scrollToEnd();
+    state.view.append(token);
   };
   let response = first;
   let attempt = 0;
@@ -315,6 +315,7 @@ async function stream(reply, state, responsePromise) {
       if (!state.ids) state.onRefused?.();
     }
   } finally {
+    state.view?.finish(); // what arrived, rendered: after Stop, an error or a lost connection too
     state.outcome = outcome;
     current = null;
     reply.classList.remove("streaming", "reconnecting");
@@ -427,4 +428,5 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && current) stopCurrent();
 });
 
+enhanceTranscript(transcript);
 attachToStreamingReply();
