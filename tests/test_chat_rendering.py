@@ -10,7 +10,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
-from conversations.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, URL_SCHEMES
+from conversations.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, URL_SCHEMES, render_markdown
 from conversations.models import Message
 from tests.conftest import session_client
 from tests.test_chat_ui import last_assistant, send
@@ -281,6 +281,54 @@ def test_a_saved_reply_is_highlighted_with_a_language_label_on_page_load(
     expect(reply.locator(".code-block code")).to_have_text("const answer = 42;\n")
     expect(reply.get_by_role("button", name="Copy code")).to_be_visible()
     expect(reply.get_by_role("button", name="Copy message")).to_be_visible()
+
+
+PARITY_SAMPLES = [
+    "".join(MARKDOWN_TOKENS),
+    *XSS_TOKENS,
+    "# One\n## Two\n###### Six\n\nSetext\n===",
+    "line one\nline two  \nline three\\\nline four",
+    "3. three\n4. four\n\n* a\n  * nested\n    1. deep",
+    "~~gone~~ *em* _em_ __strong__ `a < b && c > d`",
+    "| left | centre | right |\n| :--- | :---: | ---: |\n| 1 | 2 | 3 |",
+    '[titled](https://example.org/a?b=1&c=2 "a title") <https://example.org/auto> <me@example.org>',
+    "[relative](/c/1/) [mail](mailto:me@example.org) [ftp](ftp://example.org/) [vb](vbscript:x)",
+    "> quote\n> > nested\n\n---\n\n    indented code\n\n```\nno language\n```",
+    "&amp; &copy; &#35; &nbsp;| \\*not em\\* <b>bold?</b> <!-- comment -->",
+    "```js\nunclosed fence while streaming",
+    "Grüße 👋🏽 — “quotes” 'single' ... (c) -- --- +-",
+]
+
+PARITY_CHECK = """async (samples) => {
+  const { markdownFragment } = await import("/static/conversations/render.js");
+  const normalised = (root) => {
+    for (const node of [...root.childNodes]) {
+      if (node.nodeType === Node.TEXT_NODE && !node.data.trim()) node.remove();
+    }
+    return root.innerHTML;
+  };
+  return samples.map(([text, serverHtml]) => {
+    const client = document.createElement("div");
+    client.append(markdownFragment(text));
+    const parsed = document.createElement("template");
+    parsed.innerHTML = serverHtml;
+    const server = document.createElement("div");
+    server.append(parsed.content);
+    return [normalised(client), normalised(server)];
+  });
+}"""
+
+
+def test_the_page_renders_markdown_as_the_server_does(server, browser_page_for, user):
+    page = browser_page_for(user)
+    page.goto("/")
+
+    pairs = page.evaluate(
+        PARITY_CHECK, [[text, str(render_markdown(text))] for text in PARITY_SAMPLES]
+    )
+
+    for text, (client_html, server_html) in zip(PARITY_SAMPLES, pairs, strict=True):
+        assert client_html == server_html, text
 
 
 def js_literal(name: str):

@@ -186,7 +186,8 @@ export function renderMarkdown(body, text) {
 }
 
 /** A reply growing in ``article``: ``append`` tokens; it is re-rendered at most once per
- *  animation frame (then ``onRender`` runs); ``finish`` renders what arrived, at once. */
+ *  animation frame (then ``onRender`` runs), and less often when rendering a long reply takes
+ *  long (at most about a third of the time goes to it); ``finish`` renders what arrived, now. */
 export function liveReply(article, onRender) {
   const body = article.querySelector(".message-body");
   body.classList.replace("plain", "markdown");
@@ -194,12 +195,19 @@ export function liveReply(article, onRender) {
   let text = "";
   let shown = null;
   let frame = 0;
-  const render = () => {
+  let earliest = 0;
+  const render = (frameTime) => {
     frame = 0;
+    if (frameTime !== undefined && frameTime < earliest) {
+      frame = requestAnimationFrame(render);
+      return;
+    }
     if (text === shown) return;
     shown = text;
+    const started = performance.now();
     renderMarkdown(body, text);
     article.dataset.source = text;
+    earliest = started + 3 * (performance.now() - started);
     onRender?.();
   };
   return {
