@@ -360,3 +360,33 @@ def test_the_vendored_libraries_are_the_pinned_versions():
         assert header.format(v=version) in (vendor / path).read_text()[:300]
         assert f"| {version} | `{package}` |" in readme
         assert (vendor / path).parent.joinpath("LICENSE").is_file()
+
+
+THEMED_COLOURS = """() => {
+  const pre = document.querySelector(".message.assistant .code-block pre");
+  const keyword = pre.querySelector(".hljs-keyword");
+  return [getComputedStyle(pre).backgroundColor, getComputedStyle(keyword).color];
+}"""
+
+
+def test_code_blocks_follow_the_theme_the_system_or_the_users_choice(
+    server, browser_page_for, user, fake_upstream
+):
+    fake_upstream.script("themed code", tokens=["```python\n", "import this\n", "```\n"])
+    with session_client(server.url, user) as client:
+        response = client.post("/api/chat/stream", json={"message": "themed code"})
+    url = f"/c/{response.headers['x-conversation-id']}/"
+    colours = {}
+    for scheme in ("light", "dark"):
+        page = browser_page_for(user, color_scheme=scheme)
+        page.goto(url)
+        expect(page.locator(".code-block .hljs-keyword")).to_have_text("import")
+        colours[scheme] = page.evaluate(THEMED_COLOURS)
+        chosen = "dark" if scheme == "light" else "light"
+        page.evaluate(f"document.documentElement.dataset.theme = '{chosen}'")
+        colours[f"{chosen} chosen on {scheme}"] = page.evaluate(THEMED_COLOURS)
+
+    assert colours["light"] == ["rgb(246, 248, 250)", "rgb(207, 34, 46)"]
+    assert colours["dark"] == ["rgb(13, 17, 23)", "rgb(255, 123, 114)"]
+    assert colours["dark chosen on light"] == colours["dark"]
+    assert colours["light chosen on dark"] == colours["light"]
