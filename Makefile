@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser nginx run serve test lint format migrations-check bench bench-quick ci clean screenshot
+.PHONY: install browser nginx vendor run serve test lint format migrations-check bench bench-quick ci clean screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ serve: install
 	$(BIN)/python manage.py migrate --noinput
 	exec $(BIN)/python -m chatsite.serve chatsite.asgi:application --host $(HOST) --port $(PORT) \
 		--workers $${WEB_CONCURRENCY:-2} --no-proxy-headers --no-access-log
+
+# Refresh the browser libraries committed under static/vendor/ from the npm registry (needs npm;
+# never run by test, ci, run or serve: the files are committed).
+vendor:
+	sh scripts/vendor_js.sh
 
 lint: install
 	$(BIN)/ruff check .
