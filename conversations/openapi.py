@@ -280,6 +280,19 @@ def openapi_document() -> dict:
                     },
                 },
             },
+            "/api/models": {
+                "get": {
+                    "summary": "The models on offer: `model` may name any of them",
+                    "responses": {
+                        "200": {
+                            "description": "The default (`CHAT_MODEL`) and every model on "
+                            "offer, the default first.",
+                            "content": {"application/json": {"schema": _ref("ModelList")}},
+                        },
+                        **COMMON_ERRORS,
+                    },
+                }
+            },
             "/api/messages/{message_id}/cancel": {
                 "parameters": [message_id],
                 "post": {
@@ -391,6 +404,13 @@ def _schemas(limits: dict) -> dict:
                 },
                 "conversation_id": {"type": "integer", "minimum": 1},
                 "model": {"type": "string", "maxLength": 200, "description": MODEL_DESCRIPTION},
+            },
+        },
+        "ModelList": {
+            "type": "object",
+            "properties": {
+                "default": text,
+                "models": {"type": "array", "items": text},
             },
         },
         "MessageStatus": {

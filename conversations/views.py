@@ -19,7 +19,7 @@ from chatsite.lifecycle import run_after_request
 from . import outages
 from .attempts import SIGN_IN, SIGN_UP, attempts_limited
 from .auth import require_same_origin_session
-from .catalog import model_choice_get
+from .catalog import model_choice_aget, model_choice_get
 from .errors import error_response
 from .http import api_view, is_api_path
 from .inputs import (
@@ -237,6 +237,13 @@ async def conversation_detail_view(request: HttpRequest, conversation_id: int) -
         return HttpResponse(status=204)
     messages = [m async for m in conversation.messages.all()]
     return JsonResponse(conversation_detail(conversation, messages))
+
+
+@api_view("GET")
+async def model_list(request: HttpRequest) -> HttpResponse:
+    """The models a caller may ask for, the default first."""
+    models = await model_choice_aget()
+    return JsonResponse({"default": models.default, "models": list(models.names)})
 
 
 @api_view("POST")

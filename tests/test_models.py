@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 
+import httpx
 import pytest
 
 from conversations.models import Conversation, Message
@@ -141,6 +142,24 @@ def test_the_page_offers_the_models_and_selects_the_conversations(api, fake_upst
     wait_for_status(int(response.headers["x-message-id"]))
     page = api.get(f"/c/{response.headers['x-conversation-id']}/").text
     assert selected_of(page) == "fake-small"
+
+
+def test_the_models_on_offer_are_listed_for_api_clients(api, models_server):
+    response = api.get("/api/models")
+
+    assert response.status_code == 200
+    assert response.json() == {"default": "fake-model", "models": OFFERED}
+    assert httpx.get(f"{models_server.url}/api/models").status_code == 401
+
+
+def test_the_demo_provider_offers_its_own_model(start_server, user, transactional_db):
+    demo = start_server("models-demo", CHAT_PROVIDER="demo", CHAT_MODEL="demo-model")
+
+    with session_client(demo.url, user) as client:
+        assert options_of(client.get("/").text) == ["demo-model"]
+        assert client.get("/api/models").json()["models"] == ["demo-model"]
+        refused = post(client, message="hello", model="fake-model")
+        assert refused.json()["error"]["allowed"] == ["demo-model"]
 
 
 @pytest.fixture
