@@ -8,6 +8,7 @@ typed while a reply streams waits for its end; the counter, the over-long notice
 from __future__ import annotations
 
 import uuid
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import expect
@@ -86,7 +87,7 @@ def test_the_picked_model_and_a_new_chats_system_prompt_reach_the_upstream_and_s
 def test_a_replys_details_show_on_hover_and_on_keyboard_focus(page_for, user, fake_upstream):
     trigger = unique("details please")
     fake_upstream.script(trigger, tokens=["Some", " detail"], usage=(11, 7))
-    page = page_for(user)
+    page = page_for(user, timezone_id="Asia/Tokyo", locale="en-GB")
     page.goto("/")
     page.get_by_role("combobox", name="Model").select_option("fake-large")
     send(page, trigger)
@@ -101,9 +102,10 @@ def test_a_replys_details_show_on_hover_and_on_keyboard_focus(page_for, user, fa
     expect(details).to_contain_text("fake-large")
     expect(details).to_contain_text("7 tokens")
     expect(details).to_contain_text("first token in")
-    expect(details.locator("time")).to_have_attribute(
-        "datetime", Message.objects.filter(role="assistant").get().created_at.isoformat()
-    )
+    created_at = Message.objects.filter(role="assistant").get().created_at
+    expect(details.locator("time")).to_have_attribute("datetime", created_at.isoformat())
+    in_tokyo = created_at.astimezone(ZoneInfo("Asia/Tokyo"))
+    expect(details.locator("time")).to_have_text(f"{in_tokyo.day} {in_tokyo:%b %Y, %H:%M}")
 
     page.reload()
     page.mouse.move(1, 1)

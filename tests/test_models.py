@@ -237,4 +237,7 @@ def test_when_the_list_cannot_be_fetched_chat_model_alone_is_offered_and_logged_
         assert refused.status_code == 400
         assert refused.json()["error"]["allowed"] == ["fake-model"]
 
-    assert site.log().count("the model list could not be fetched") == 1
+    log = site.log()
+    assert log.count("the model list could not be fetched") == 1
+    assert "GET /models failed (InternalServerError, status 500)" in log
+    assert "upstream failure" not in log

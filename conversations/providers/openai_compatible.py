@@ -119,10 +119,15 @@ class OpenAICompatibleProvider(ChatProvider):
                 return [model.id async for model in client.models.list()]
         except TimeoutError:
             raise ProviderError(
-                "upstream_timeout", "The model service took too long to list its models."
+                "upstream_timeout", f"no answer within {timeout:g} s to GET /models"
             ) from None
         except (openai.APIError, httpx.HTTPError) as exc:
-            raise upstream_error(exc) from exc
+            # Not logged here (the caller logs a failing list once, not at every try).
+            status = getattr(exc, "status_code", None)
+            detail = f"{type(exc).__name__}" + (f", status {status}" if status else "")
+            raise ProviderError(
+                "upstream_error", f"GET /models failed ({detail})", upstream_status=status
+            ) from exc
 
 
 async def drain(received_chunks: AsyncIterator[bytes]) -> None:

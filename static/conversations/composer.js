@@ -208,12 +208,25 @@ export function scrollToLatest(transcript) {
   scroller.scrollTop = scroller.scrollHeight;
 }
 
+const localTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+/** Replies' times in the reader's own time zone (the server writes them in its own). */
+function localizeTimes(root) {
+  for (const time of root.querySelectorAll(".message-meta time[datetime]:not([data-local])")) {
+    const when = new Date(time.dateTime);
+    if (Number.isNaN(when.getTime())) continue;
+    time.textContent = localTime.format(when);
+    time.dataset.local = "";
+  }
+}
+
 /** The "Jump to latest" button: shown while the end of the transcript is out of view. An
  *  old conversation opens at its latest turn. */
 export function setUpReading(transcript, button, input) {
   let pending = false;
   const update = () => {
     pending = false;
+    localizeTimes(transcript);
     const hasMessages = transcript.querySelector(".message") !== null;
     button.hidden = !hasMessages || fromBottom(scrollerOf(transcript)) < NEAR_BOTTOM_PX;
   };
@@ -235,6 +248,7 @@ export function setUpReading(transcript, button, input) {
     button.hidden = true;
     input.focus({ preventScroll: true });
   });
+  localizeTimes(transcript);
   if (transcript.querySelector(".message")) scrollToLatest(transcript);
   later();
 }
