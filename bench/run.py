@@ -350,6 +350,8 @@ def chatsite_env(base: dict[str, str], upstream_url: str) -> tuple[dict[str, str
         "OPENAI_BASE_URL": upstream_url,
         "OPENAI_MAX_RETRIES": "0",
         "CHAT_MODEL": "bench",
+        # The bench upstream answers streams only: no GET /v1/models for the list on offer.
+        "CHAT_MODELS": "bench",
         "CHAT_RATE_LIMIT": "100000/m",
         "CHAT_STREAMS_PER_USER": "10",
         "CACHE_KEY_PREFIX": f"bench-{os.getpid()}",

@@ -233,6 +233,10 @@ if CHAT_PROVIDER == "openai" and not OPENAI_API_KEY:
         "(local servers such as Ollama accept any value, e.g. 'ollama')."
     )
 CHAT_MODEL = env_str("CHAT_MODEL", "demo" if CHAT_PROVIDER == "demo" else "gpt-4o-mini")
+# The models users may pick (comma-separated); unset: the provider's list (an upstream's
+# GET /v1/models), kept this many seconds. CHAT_MODEL, the default, is always on offer.
+CHAT_MODELS = env_list("CHAT_MODELS", [])
+CHAT_MODELS_CACHE_SECONDS = env_number("CHAT_MODELS_CACHE_SECONDS", 300.0, float)
 CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT", "You are a helpful assistant.")
 CHAT_DEMO_TOKENS_PER_SECOND = env_number("CHAT_DEMO_TOKENS_PER_SECOND", 30.0, float)
 # After a new conversation's first reply completes, the model names it (a short request of its

@@ -55,6 +55,22 @@ def positive_integer(raw: str, field: str, *, maximum: int = MAX_ID) -> int:
     return int(raw)
 
 
+MAX_MODEL_CHARS = 200
+"""The longest model name (the column's length)."""
+
+
+def model_from(raw: object) -> str | None:
+    """The ``model`` a request names: None when absent or empty, else a string of at most
+    MAX_MODEL_CHARS characters (whether it is on offer is the reply's to check)."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise bad_request("'model' must be a string.")
+    check_length(raw, MAX_MODEL_CHARS, "model")
+    check_storable(raw, "model")
+    return raw
+
+
 def chat_request_from_query(query: QueryDict) -> ChatRequest:
     message = query.get("message", "")
     if not message.strip():
@@ -65,7 +81,9 @@ def chat_request_from_query(query: QueryDict) -> ChatRequest:
     conversation_id = None
     if raw_id not in (None, ""):
         conversation_id = positive_integer(raw_id, "conversation_id")
-    return ChatRequest(message=message, conversation_id=conversation_id)
+    return ChatRequest(
+        message=message, conversation_id=conversation_id, model=model_from(query.get("model"))
+    )
 
 
 def json_body(request: HttpRequest, *, max_bytes: int) -> object:
@@ -132,6 +150,7 @@ def chat_request_from_json(payload: object) -> ChatRequest:
         conversation_id=conversation_id,
         system_prompt=system_prompt,
         history=history_from_json(payload.get("history")),
+        model=model_from(payload.get("model")),
     )
 
 

@@ -41,8 +41,9 @@ SSE_DESCRIPTION = (
 STREAM_ERRORS = {
     "400": _error("Malformed JSON, a missing or empty message, wrong types, a field over "
                   "its limit (the code names it, e.g. `message_too_long`), text with NUL or an "
-                  "unpaired surrogate (`invalid_text`), or JSON nested deeper than its fields "
-                  "(`too_deep`)."),
+                  "unpaired surrogate (`invalid_text`), JSON nested deeper than its fields "
+                  "(`too_deep`), or a `model` not on offer (`model_not_allowed`; `allowed` "
+                  "lists those on offer)."),
     "403": _error("CSRF check failed (session requests), or a GET stream opened with the "
                   "session that does not show it comes from this site (`cross_site`)."),
     "404": _error("Unknown conversation, or someone else's."),
@@ -51,6 +52,13 @@ STREAM_ERRORS = {
     "429": _error("Over the rate limit, or too many concurrent streams (`too_many_streams`): "
                   "the queue was full or no slot freed in time. `Retry-After` is set."),
 }  # fmt: skip
+
+
+MODEL_DESCRIPTION = (
+    "The model to answer with, one of those on offer (`CHAT_MODELS`, else the upstream's "
+    "list; else 400 `model_not_allowed`). Saved on the conversation: later messages without "
+    "one go on with it. Default: the conversation's model, or for a new one `CHAT_MODEL`."
+)
 
 
 def _stream_response(example: str) -> dict:
@@ -108,6 +116,13 @@ def openapi_document() -> dict:
                             "in": "query",
                             "required": False,
                             "schema": {"type": "integer"},
+                        },
+                        {
+                            "name": "model",
+                            "in": "query",
+                            "required": False,
+                            "description": MODEL_DESCRIPTION,
+                            "schema": {"type": "string", "maxLength": 200},
                         },
                         {
                             "name": "Last-Event-ID",
@@ -265,6 +280,19 @@ def openapi_document() -> dict:
                     },
                 },
             },
+            "/api/models": {
+                "get": {
+                    "summary": "The models on offer: `model` may name any of them",
+                    "responses": {
+                        "200": {
+                            "description": "The default (`CHAT_MODEL`) and every model on "
+                            "offer, the default first.",
+                            "content": {"application/json": {"schema": _ref("ModelList")}},
+                        },
+                        **COMMON_ERRORS,
+                    },
+                }
+            },
             "/api/messages/{message_id}/cancel": {
                 "parameters": [message_id],
                 "post": {
@@ -375,6 +403,14 @@ def _schemas(limits: dict) -> dict:
                     },
                 },
                 "conversation_id": {"type": "integer", "minimum": 1},
+                "model": {"type": "string", "maxLength": 200, "description": MODEL_DESCRIPTION},
+            },
+        },
+        "ModelList": {
+            "type": "object",
+            "properties": {
+                "default": text,
+                "models": {"type": "array", "items": text},
             },
         },
         "MessageStatus": {

@@ -33,6 +33,8 @@ class ChatRequest:
     conversation_id: int | None = None
     system_prompt: str | None = None
     history: list[ChatMessage] = field(default_factory=list)
+    model: str | None = None
+    """The model asked for, already checked against those on offer; None: the conversation's."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class OpenedReply:
     user_message: Message
     assistant_message: Message
     prompt: list[ChatMessage]
+    model: str
+    """The model the reply is asked of."""
 
 
 def conversation_title_from(text: str, *, limit: int = TITLE_LENGTH) -> str:
@@ -72,8 +76,9 @@ def reply_open(
     *,
     user: AbstractBaseUser,
     chat_request: ChatRequest,
-    model: str,
+    default_model: str,
     default_system_prompt: str,
+    model_for_conversation: Callable[[str], str] = lambda saved: saved,
     still_running: Callable[[int], bool] = lambda message_id: True,
 ) -> OpenedReply:
     """Save the user's message and open the assistant's, all or nothing, before going upstream.
@@ -83,9 +88,13 @@ def reply_open(
     A stored conversation whose last reply is still being written gets no second one
     (Conflict ``reply_in_progress``, naming it); a reply left streaming by a process that died
     (``still_running`` says it is not) is marked interrupted first.
+
+    The model is the request's (saved on the conversation too), else a stored conversation's
+    own (``model_for_conversation`` may replace one no longer on offer), else ``default_model``.
     """
     now = timezone.now()
     if chat_request.conversation_id is None:
+        model = chat_request.model or default_model
         conversation = new_conversation(
             user=user,
             chat_request=chat_request,
@@ -105,17 +114,21 @@ def reply_open(
         statements.as_saved(conversation)
         *_, user_message, assistant_message = saved_messages(conversation, pks, rows, now)
         prompt = new_conversation_prompt(chat_request, default_system_prompt)
-        return OpenedReply(conversation, user_message, assistant_message, prompt)
+        return OpenedReply(conversation, user_message, assistant_message, prompt, model)
     with transaction.atomic():
         conversation = conversation_lock_for_reply(
-            user=user, conversation_id=chat_request.conversation_id, now=now
+            user=user,
+            conversation_id=chat_request.conversation_id,
+            now=now,
+            model=chat_request.model,
         )
         replies_in_progress_settle(conversation=conversation, still_running=still_running, now=now)
+        model = chat_request.model or model_for_conversation(conversation.model)
         prompt = prompt_for_conversation(conversation)
         prompt.append({"role": "user", "content": chat_request.message})
         rows = message_rows([], chat_request.message, model)
         *_, user_message, assistant_message = messages_insert(conversation, rows, now=now)
-    return OpenedReply(conversation, user_message, assistant_message, prompt)
+    return OpenedReply(conversation, user_message, assistant_message, prompt, model)
 
 
 MIN_STALE_AGE = timedelta(seconds=1)
@@ -184,12 +197,14 @@ def conversation_values(conversation: Conversation) -> list:
 
 
 def conversation_lock_for_reply(
-    *, user: AbstractBaseUser, conversation_id: int, now: datetime
+    *, user: AbstractBaseUser, conversation_id: int, now: datetime, model: str | None = None
 ) -> Conversation:
-    """Mark the conversation active, which also locks its row until the transaction ends so
-    concurrent replies to it are saved in order; NotFound unless the user owns it."""
+    """Mark the conversation active (and, given a ``model``, switch it to that one), which also
+    locks its row until the transaction ends so concurrent replies to it are saved in order;
+    NotFound unless the user owns it."""
+    changes: dict = {"updated_at": now} if model is None else {"updated_at": now, "model": model}
     touched = statements.update_rows(
-        Conversation, {"updated_at": now}, {"id": conversation_id, "owner": user.pk}
+        Conversation, changes, {"id": conversation_id, "owner": user.pk}
     )
     if not touched:
         raise NotFound("conversation_not_found", "No such conversation.")

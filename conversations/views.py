@@ -19,6 +19,7 @@ from chatsite.lifecycle import run_after_request
 from . import outages
 from .attempts import SIGN_IN, SIGN_UP, attempts_limited
 from .auth import require_same_origin_session
+from .catalog import model_choice_aget, model_choice_get
 from .errors import error_response
 from .http import api_view, is_api_path
 from .inputs import (
@@ -32,6 +33,7 @@ from .inputs import (
     position_from_query,
     search_query_from,
 )
+from .models import Conversation
 from .openapi import openapi_document
 from .outages import is_database_unavailable
 from .replies import (
@@ -74,8 +76,24 @@ def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpRespon
         "conversations": conversations,
         "conversation_groups": conversation_date_groups(conversations),
         "auto_titles": settings.CHAT_AUTO_TITLES,
+        **composer_context(conversation),
     }
     return render(request, "conversations/chat.html", context)
+
+
+def composer_context(conversation: Conversation | None) -> dict:
+    """The composer's choices and limits: the models on offer (the open conversation's, or
+    the default, selected) and the longest message and system prompt."""
+    models = model_choice_get()
+    return {
+        "models": models.names,
+        "selected_model": (
+            models.for_conversation(conversation.model) if conversation else models.default
+        ),
+        "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
+        "default_system_prompt": settings.CHAT_SYSTEM_PROMPT,
+    }
 
 
 @login_required
@@ -219,6 +237,13 @@ async def conversation_detail_view(request: HttpRequest, conversation_id: int) -
         return HttpResponse(status=204)
     messages = [m async for m in conversation.messages.all()]
     return JsonResponse(conversation_detail(conversation, messages))
+
+
+@api_view("GET")
+async def model_list(request: HttpRequest) -> HttpResponse:
+    """The models a caller may ask for, the default first."""
+    models = await model_choice_aget()
+    return JsonResponse({"default": models.default, "models": list(models.names)})
 
 
 @api_view("POST")

@@ -72,6 +72,12 @@ class FakeUpstream:
         self.api_key = api_key
         self.scripts: dict[str, Script] = {}
         self.requests: list[UpstreamRequest] = []
+        self.models: list[str] = ["fake-model"]
+        """What ``GET /v1/models`` lists."""
+        self.models_status = 200
+        """The status of ``GET /v1/models``; not 200: an error body."""
+        self.model_list_requests: list[float] = []
+        """When each ``GET /v1/models`` came (apart from ``requests``, the Chat Completions)."""
         self.port = 0
         self.connections = 0
         self._ids = itertools.count(1)
@@ -146,6 +152,8 @@ class FakeUpstream:
             body = json.loads(raw or b"{}")
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             return False
+        if method == "GET" and path.rstrip("/").endswith("/models"):
+            return await self._list_models(writer, headers)
         script = self.scripts.get(last_user_message(body), Script())
         record = UpstreamRequest(path, headers, body, script, time.monotonic())
         self.requests.append(record)
@@ -262,6 +270,28 @@ class FakeUpstream:
             % (len(data), data)
         )
         record.finished_at = time.monotonic()
+        await writer.drain()
+        return True
+
+    async def _list_models(self, writer: asyncio.StreamWriter, headers: dict[str, str]) -> bool:
+        """``GET /v1/models``: the scripted list, as OpenAI's API shapes it."""
+        self.model_list_requests.append(time.monotonic())
+        if headers.get("authorization") != f"Bearer {self.api_key}":
+            await self._send_json(writer, 401, invalid_key_body())
+            return False
+        if self.models_status != 200:
+            error = {"error": {"message": "scripted failure", "type": "server"}}
+            await self._send_json(writer, self.models_status, error)
+            return False
+        listed = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "fake"}
+            for name in self.models
+        ]
+        data = json.dumps({"object": "list", "data": listed}).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(data), data)
+        )
         await writer.drain()
         return True
 

@@ -67,7 +67,8 @@ def test_user_signs_in_and_watches_the_reply_grow_then_become_the_saved_markdown
     send(page, "browser hello")
 
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_visible()
-    expect(composer(page)).to_be_disabled()
+    expect(page.get_by_role("button", name="Send", exact=True)).to_be_disabled()
+    expect(composer(page)).to_be_editable()
     saved = page.locator('.message.assistant[data-status="complete"]')
     expect(saved).to_have_count(1)
     snapshots = page.evaluate("window.__snapshots")
@@ -203,9 +204,11 @@ def test_an_api_error_before_streaming_is_shown_to_the_user(
 
     send(page, "to a conversation that does not exist")
 
-    note = last_assistant(page).get_by_role("alert")
+    note = page.locator("#composer").get_by_role("alert")
     expect(note).to_have_text("No such conversation.")
     expect(page.get_by_role("status")).to_have_text("The reply failed.")
+    expect(page.locator(".message")).to_have_count(0)
+    expect(composer(page)).to_have_value("to a conversation that does not exist")
 
 
 def test_a_message_refused_for_too_many_streams_says_why_and_goes_back_in_the_composer(
@@ -229,7 +232,7 @@ def test_a_message_refused_for_too_many_streams_says_why_and_goes_back_in_the_co
 
     send(second_tab, "second tab")
 
-    note = last_assistant(second_tab).get_by_role("alert")
+    note = second_tab.locator("#composer").get_by_role("alert")
     expect(note).to_have_text(
         "Too many streams at once (the queue is full); at most 1 per user. Try again shortly."
     )

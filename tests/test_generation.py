@@ -72,7 +72,7 @@ class LosesOneCancellation(ChatProvider):
 
     model = "loses-one-cancellation"
 
-    async def stream(self, messages, outcome):
+    async def stream(self, messages, outcome, *, model=None):
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(30)
         await asyncio.sleep(30)
@@ -85,7 +85,7 @@ class HoldsACancelCount(ChatProvider):
 
     model = "holds-a-cancel-count"
 
-    async def stream(self, messages, outcome):
+    async def stream(self, messages, outcome, *, model=None):
         asyncio.current_task().cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0)

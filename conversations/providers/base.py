@@ -64,11 +64,19 @@ class ChatProvider(ABC):
     model: str
 
     @abstractmethod
-    def stream(self, messages: Sequence[ChatMessage], outcome: StreamOutcome) -> AsyncIterator[str]:
+    def stream(
+        self, messages: Sequence[ChatMessage], outcome: StreamOutcome, *, model: str | None = None
+    ) -> AsyncIterator[str]:
         """Yield the reply's non-empty text deltas; record finish reason and usage on ``outcome``.
+        ``model``: the model to ask (default: the provider's own, ``self.model``).
 
         Raises ProviderError. Closing or cancelling the iterator closes the upstream at once.
         """
+
+    async def list_models(self, *, timeout: float) -> list[str]:
+        """The names of the models this provider can answer with, from one request that gives
+        up after ``timeout`` seconds. Raises ProviderError."""
+        return [self.model]
 
     async def title(self, first_message: str, *, timeout: float) -> str:
         """A short title for a conversation that starts with ``first_message``, from one

@@ -35,7 +35,7 @@ class DemoProvider(ChatProvider):
         self.interval = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0
 
     async def stream(
-        self, messages: Sequence[ChatMessage], outcome: StreamOutcome
+        self, messages: Sequence[ChatMessage], outcome: StreamOutcome, *, model: str | None = None
     ) -> AsyncIterator[str]:
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         reply = DEMO_REPLY.format(question=" ".join(question.split())[:200])

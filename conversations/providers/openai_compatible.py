@@ -67,13 +67,13 @@ class OpenAICompatibleProvider(ChatProvider):
         )
 
     async def stream(
-        self, messages: Sequence[ChatMessage], outcome: StreamOutcome
+        self, messages: Sequence[ChatMessage], outcome: StreamOutcome, *, model: str | None = None
     ) -> AsyncIterator[str]:
         """The SDK sends the request (auth, retries, status errors) through its generic ``post``,
         which skips the per-call parameter transform of ``chat.completions.create``; the event
         stream is parsed here from bytes, skipping the SDK's per-chunk pydantic objects."""
         body = {
-            "model": self.model,
+            "model": model or self.model,
             "messages": list(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -110,6 +110,24 @@ class OpenAICompatibleProvider(ChatProvider):
         choices = completion.choices or []
         content = choices[0].message.content if choices else None
         return clean_title(content or "")
+
+    async def list_models(self, *, timeout: float) -> list[str]:
+        """The upstream's ``GET /models`` (every page), not retried, within ``timeout``."""
+        client = self.client.with_options(timeout=timeout, max_retries=0)
+        try:
+            async with asyncio.timeout(timeout):
+                return [model.id async for model in client.models.list()]
+        except TimeoutError:
+            raise ProviderError(
+                "upstream_timeout", f"no answer within {timeout:g} s to GET /models"
+            ) from None
+        except (openai.APIError, httpx.HTTPError) as exc:
+            # Not logged here (the caller logs a failing list once, not at every try).
+            status = getattr(exc, "status_code", None)
+            detail = f"{type(exc).__name__}" + (f", status {status}" if status else "")
+            raise ProviderError(
+                "upstream_error", f"GET /models failed ({detail})", upstream_status=status
+            ) from exc
 
 
 async def drain(received_chunks: AsyncIterator[bytes]) -> None:

@@ -127,12 +127,13 @@ class Reply:
 
     # -- the producing side ---------------------------------------------------------------
 
-    def start(self, prompt: Sequence[ChatMessage]) -> None:
-        """Send the prompt upstream; the rows may be bound later, before the reply is saved."""
+    def start(self, prompt: Sequence[ChatMessage], *, model: str | None = None) -> None:
+        """Send the prompt upstream (to ``model``, default the provider's); the rows may be
+        bound later, before the reply is saved."""
         loop = self._loop = asyncio.get_running_loop()
         self._last_news = loop.time()
         self._saved = loop.create_future()
-        self._task = loop.create_task(self._produce(prompt), name="reply")
+        self._task = loop.create_task(self._produce(prompt, model), name="reply")
         self._deadline = loop.call_later(self.max_seconds, self.stop, "timeout")
         if self.keepalive_seconds > 0:
             self._keepalive = loop.call_later(self.keepalive_seconds, self._keepalive_tick)
@@ -190,7 +191,7 @@ class Reply:
         self.stop()
         await self.aended()
 
-    async def _produce(self, prompt: Sequence[ChatMessage]) -> None:
+    async def _produce(self, prompt: Sequence[ChatMessage], model: str | None) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         first_token_at: float | None = None
@@ -199,7 +200,7 @@ class Reply:
         outcome = StreamOutcome()
         finished = COMPLETE
         try:
-            async with aclosing(self.provider.stream(prompt, outcome)) as deltas:
+            async with aclosing(self.provider.stream(prompt, outcome, model=model)) as deltas:
                 async for delta in deltas:
                     if first_token_at is None:
                         first_token_at = loop.time()

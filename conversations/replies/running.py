@@ -18,6 +18,7 @@ from collections import OrderedDict
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
+from ..catalog import ModelChoice, model_choice_aget
 from ..limits import stream_slots
 from ..providers import get_provider
 from ..services import (
@@ -42,11 +43,14 @@ ENDED: OrderedDict[int, tuple[float, Reply]] = OrderedDict()
 
 
 async def reply_astart(*, user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
-    """Take one of the user's stream slots (held until the reply ends), save the user's
-    message, open the assistant's, and start the reply."""
+    """Check the model asked for (Invalid ``model_not_allowed``), take one of the user's stream
+    slots (held until the reply ends), save the user's message, open the assistant's, and
+    start the reply."""
+    models = await model_choice_aget()
+    models.check(chat_request.model)
     slot = await stream_slots().acquire(f"user:{user.pk}")
     try:
-        reply = await _astart(user, chat_request)
+        reply = await _astart(user, chat_request, models)
     except BaseException:
         await slot.release()
         raise
@@ -54,7 +58,7 @@ async def reply_astart(*, user: AbstractBaseUser, chat_request: ChatRequest) -> 
     return reply
 
 
-async def _astart(user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
+async def _astart(user: AbstractBaseUser, chat_request: ChatRequest, models: ModelChoice) -> Reply:
     """A new conversation's prompt is known before anything is saved, so its upstream request
     goes out first and the rows are written while the model thinks; a stored conversation's
     prompt is read back from the database first."""
@@ -70,15 +74,19 @@ async def _astart(user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
     options = {
         "user": user,
         "chat_request": chat_request,
-        "model": provider.model,
+        "default_model": models.default,
+        "model_for_conversation": models.for_conversation,
         "default_system_prompt": settings.CHAT_SYSTEM_PROMPT,
         "still_running": still_running,
     }
     if chat_request.conversation_id is not None:
         opened = await _rows_aopen(options)
-        reply.start(opened.prompt)
+        reply.start(opened.prompt, model=opened.model)
     else:
-        reply.start(new_conversation_prompt(chat_request, settings.CHAT_SYSTEM_PROMPT))
+        reply.start(
+            new_conversation_prompt(chat_request, settings.CHAT_SYSTEM_PROMPT),
+            model=chat_request.model or models.default,
+        )
         try:
             opened = await _rows_aopen(options)
         except BaseException:

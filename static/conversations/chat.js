@@ -3,6 +3,7 @@
 // saved reply. A dropped connection is picked up again where it left off, and a page opened
 // while its conversation's last reply streams attaches to it.
 
+import { Composer, setUpReading } from "./composer.js";
 import { addMessageCopy, adoptSaved, enhanceTranscript, liveReply } from "./render.js";
 import { conversationActive, provisionalTitle, watchTitle } from "./sidebar.js";
 
@@ -64,10 +65,10 @@ export class SSEParser {
 
 const form = document.getElementById("composer");
 const input = document.getElementById("message-input");
-const sendButton = document.getElementById("send-button");
 const stopButton = document.getElementById("stop-button");
 const transcript = document.getElementById("transcript");
 const statusRegion = document.getElementById("chat-status");
+const composer = new Composer(form);
 
 let followOutput = true;
 let followedTop = 0;
@@ -135,9 +136,9 @@ function addNote(article, text, kind) {
   article.append(note);
 }
 
+/** While a reply streams the composer stays open for typing; Send waits. */
 function setStreaming(streaming) {
-  input.disabled = streaming;
-  sendButton.disabled = streaming;
+  composer.setBusy(streaming);
   stopButton.hidden = !streaming;
   if (!streaming) input.focus();
 }
@@ -154,11 +155,6 @@ async function errorMessage(response) {
     return `Too many requests.${retry ? ` Try again in ${retry} s.` : ""}`;
   }
   return `The server answered ${response.status}.`;
-}
-
-/** Put an unsent message back in the composer, unless the user has started another. */
-function restoreDraft(text) {
-  if (!input.value) input.value = text;
 }
 
 /** The conversation a reply started in: the page's address, and first under Today. */
@@ -295,8 +291,9 @@ async function stream(reply, state, responsePromise) {
   try {
     const response = await responsePromise;
     if (!response.ok) {
-      addNote(reply, await errorMessage(response), "failed");
-      state.onRefused?.();
+      const message = await errorMessage(response);
+      if (state.onRefused) state.onRefused(message);
+      else addNote(reply, message, "failed");
       return;
     }
     state.ids = {
@@ -312,7 +309,7 @@ async function stream(reply, state, responsePromise) {
       addNote(reply, "Stopped", "stopped");
     } else {
       addNote(reply, "Error: the connection to the server was lost.", "failed");
-      if (!state.ids) state.onRefused?.();
+      if (!state.ids) state.onLost?.();
     }
   } finally {
     state.view?.finish(); // what arrived, rendered: after Stop, an error or a lost connection too
@@ -335,17 +332,24 @@ async function send(text) {
   followOutput = true;
   scrollToEnd();
   announce("The assistant is replying.");
-  const payload = { message: text };
   const conversationId = form.dataset.conversationId;
+  const payload = { message: text, ...composer.extras({ newConversation: !conversationId }) };
   if (conversationId) payload.conversation_id = Number(conversationId);
   const title = provisionalTitle(text);
   const state = {
     controller: new AbortController(),
     received: 0,
     ids: null,
-    onRefused: () => restoreDraft(text),
+    // Refused before any reply (a limit, a bad field): said at the composer, not as a reply.
+    onRefused: (message) => {
+      userArticle.remove();
+      reply.remove();
+      composer.refused(text, message);
+    },
+    onLost: () => composer.restore(text),
     onStarted: (ids) => {
       if (ids.conversation) rememberConversation(ids.conversation, title);
+      if (!conversationId && ids.conversation) composer.conversationStarted(conversationId);
       userArticle.dataset.conversationId = ids.conversation;
     },
   };
@@ -410,10 +414,8 @@ async function stopCurrent() {
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  const text = input.value;
-  if (!text.trim() || current) return;
-  input.value = "";
-  send(text);
+  const text = composer.take();
+  if (text !== null) send(text);
 });
 
 input.addEventListener("keydown", (event) => {
@@ -429,4 +431,5 @@ document.addEventListener("keydown", (event) => {
 });
 
 enhanceTranscript(transcript);
+setUpReading(transcript, document.getElementById("jump-latest"), input);
 attachToStreamingReply();
