@@ -123,6 +123,15 @@ function messageNode(role, text) {
   body.className = "message-body plain";
   body.textContent = text;
   article.append(label, body);
+  if (role === "assistant") {
+    // The saved copy brings the reply's details (a line under it): the line is kept free from
+    // the start, so nothing moves when the saved copy takes over.
+    const details = document.createElement("footer");
+    details.className = "message-meta pending";
+    details.setAttribute("aria-hidden", "true");
+    details.textContent = "\u00a0";
+    article.append(details);
+  }
   addMessageCopy(article);
   transcript.append(article);
   return article;
@@ -133,7 +142,9 @@ function addNote(article, text, kind) {
   note.className = `message-note ${kind}`;
   if (kind === "failed") note.setAttribute("role", "alert");
   note.textContent = text;
-  article.append(note);
+  const details = article.querySelector(":scope > .message-meta");
+  if (details) details.before(note);
+  else article.append(note);
 }
 
 /** While a reply streams the composer stays open for typing; Send waits. */
