@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from .durations import duration_text
 from .exports import conversations_export
 from .markdown import render_markdown
 from .models import ApiToken, Conversation, Message
@@ -113,18 +114,6 @@ class TranscriptInline(admin.TabularInline):
             "–" if message.prompt_tokens is None else message.prompt_tokens,
             "–" if message.completion_tokens is None else message.completion_tokens,
         )
-
-
-def duration_text(milliseconds: int | None) -> str:
-    """``850 ms``, ``2.3 s``, ``4 min 05 s``; ``–`` when unknown."""
-    if milliseconds is None:
-        return "–"
-    if milliseconds < 1000:
-        return f"{milliseconds} ms"
-    if milliseconds < 60_000:
-        return f"{milliseconds / 1000:.1f} s"
-    minutes, seconds = divmod(round(milliseconds / 1000), 60)
-    return f"{minutes} min {seconds:02d} s"
 
 
 @admin.register(Conversation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django import template
 
-from conversations.admin import duration_text
+from conversations.durations import duration_text
 
 register = template.Library()
 
