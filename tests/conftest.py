@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -147,26 +147,45 @@ def server_env(django_db_setup, django_db_blocker) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def start_server(server_env, tmp_path_factory) -> Iterator:
-    """Start extra servers with their own settings; all are stopped at the end of the session."""
-    servers: list[LiveServer] = []
+_MODULE_SERVERS: list[LiveServer] = []
+"""Servers started by the running test module: stopped when it ends. Each holds its own
+database pools and PostgreSQL allows 100 connections in all, so they must not pile up."""
 
-    def start(name: str, **overrides: str) -> LiveServer:
+
+@pytest.fixture(scope="session")
+def start_server(server_env, tmp_path_factory) -> Iterator[Callable[..., LiveServer]]:
+    """Start a server with its own settings; stopped when the test module ends, or with
+    ``keep=True`` (the session's shared server) at the end of the session."""
+    kept: list[LiveServer] = []
+
+    def start(name: str, *, keep: bool = False, **overrides: str) -> LiveServer:
         log_path = tmp_path_factory.mktemp("logs") / f"{name}.log"
         server = LiveServer({**server_env, **overrides}, log_path)
-        servers.append(server)
+        (kept if keep else _MODULE_SERVERS).append(server)
         return server
 
     yield start
-    for server in servers:
-        server.stop()
+    _stop_all(_MODULE_SERVERS)
+    _stop_all(kept)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_the_modules_servers() -> Iterator[None]:
+    yield
+    _stop_all(_MODULE_SERVERS)
+
+
+def _stop_all(servers: list[LiveServer]) -> None:
+    while servers:
+        servers.pop().stop()
 
 
 @pytest.fixture(scope="session")
 def live_server_process(start_server, fake_upstream) -> LiveServer:
     """The site on the openai provider, talking to the fake upstream."""
-    return start_server("openai", CHAT_PROVIDER="openai", OPENAI_BASE_URL=fake_upstream.base_url)
+    return start_server(
+        "openai", keep=True, CHAT_PROVIDER="openai", OPENAI_BASE_URL=fake_upstream.base_url
+    )
 
 
 @pytest.fixture
