@@ -3,6 +3,8 @@
 // connection is picked up again where it left off, and a page opened while its conversation's
 // last reply streams attaches to it.
 
+import { setPageTitle } from "./page.js";
+
 /** An incremental SSE parser (https://html.spec.whatwg.org/multipage/server-sent-events.html). */
 export class SSEParser {
   constructor(onEvent) {
@@ -162,6 +164,7 @@ function rememberConversation(id, title) {
   if (form.dataset.conversationId === String(id)) return;
   form.dataset.conversationId = String(id);
   history.pushState({}, "", `/c/${id}/`);
+  setPageTitle(title);
   conversationList.querySelector(".empty")?.remove();
   const item = document.createElement("li");
   const link = document.createElement("a");
