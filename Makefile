@@ -73,9 +73,11 @@ migrations-check: install
 test: install browser nginx lint migrations-check
 	$(BIN)/pytest
 
-# Refresh the README's screenshot of the chat page (tests/artifacts/chat-page.png).
+# Refresh the README's screenshots of the chat page (tests/artifacts/chat-page.png, light;
+# chat-page-dark.png; chat-page-phone.png).
 screenshot: install browser
 	UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/test_chat_ui.py -k watches_the_reply_grow
+	UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/test_chat_layout.py -k screenshots
 
 # The relay against its peers (needs PostgreSQL and Redis on 127.0.0.1; a few minutes).
 bench: install
