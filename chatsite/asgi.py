@@ -75,12 +75,10 @@ class RequestThread(Executor):
     def holds_a_thread(self) -> bool:
         return self._executor is not None
 
-    def release(self) -> bool:
-        """Give the thread back if no call is running on it; whether it was given back."""
-        if self._executor is None or self._calls:
-            return self._executor is None
-        self.give_back()
-        return True
+    def release(self) -> None:
+        """Give the thread back now, unless a call is running on it."""
+        if not self._calls:
+            self.give_back()
 
     def give_back(self) -> None:
         """At the request's end: the thread goes back, even with a call of a task the request
@@ -108,9 +106,8 @@ class ChatASGIHandler(ASGIHandler):
 
     A streaming response holds neither a thread nor a database connection while it streams
     (``send_response``, also Django's own undocumented method, shape-checked there too):
-    Django would keep both until the end of the request, so each open stream cost a thread's
-    memory, and each stream from a signed-in page one connection of the pool (the 21st page
-    streaming at once waited for a connection, then failed).
+    Django would keep the request's thread until the end of the request, so each open stream
+    cost a thread's memory (a cold worker's first 200 streams started 213 threads).
     """
 
     def __init__(self) -> None:

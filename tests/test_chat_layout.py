@@ -315,6 +315,12 @@ def test_the_tab_title_and_heading_follow_the_conversation(
     page.reload()
     expect(page).to_have_title("tell me about tides · chatsite")
 
+    # A later message in the conversation leaves its title and heading as they are.
+    send(page, "and about waves")
+    expect(page.locator('.message.assistant[data-status="complete"]')).to_have_count(2)
+    expect(page).to_have_title("tell me about tides · chatsite")
+    expect(page.get_by_role("heading", level=1)).to_have_text("tell me about tides")
+
 
 def test_each_page_has_one_h1_and_its_landmarks(server, browser_page_for, user):
     page = browser_page_for(user)

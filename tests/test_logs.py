@@ -23,6 +23,7 @@ def json_logging(start_server, fake_upstream):
         OPENAI_BASE_URL=fake_upstream.base_url,
         LOG_FORMAT="json",
         CHAT_TRUSTED_PROXIES="127.0.0.1",
+        CHAT_MODELS="fake-model,other-model",
     )
 
 
@@ -39,7 +40,7 @@ def test_a_finished_reply_is_one_json_line_with_its_figures_and_the_request_id(
 
     response = httpx.get(
         f"{json_logging.url}/api/chat/stream",
-        params={"message": "secret plans"},
+        params={"message": "secret plans", "model": "other-model"},
         headers={"Authorization": f"Bearer {token}"},
         timeout=15,
     )
@@ -55,7 +56,7 @@ def test_a_finished_reply_is_one_json_line_with_its_figures_and_the_request_id(
     assert reply["status"] == Message.Status.COMPLETE
     assert reply["user_id"] == user.pk
     assert reply["conversation_id"] == int(response.headers["x-conversation-id"])
-    assert reply["model"] == "fake-model"
+    assert reply["model"] == "other-model"  # the model picked, not the default
     assert reply["tokens"] == 2 and reply["tokens_estimated"] is False
     assert reply["end_reason"] == "stop"
     assert isinstance(reply["ttft_ms"], int) and isinstance(reply["duration_ms"], int)

@@ -88,6 +88,7 @@ class Reply:
         detach_grace_seconds: float = 0.0,
     ) -> None:
         self.provider = provider
+        self.model = provider.model
         self.owner_id: int | None = None
         self.conversation_id: int | None = None
         self.message_id: int | None = None
@@ -130,10 +131,11 @@ class Reply:
     def start(self, prompt: Sequence[ChatMessage], *, model: str | None = None) -> None:
         """Send the prompt upstream (to ``model``, default the provider's); the rows may be
         bound later, before the reply is saved."""
+        self.model = model or self.provider.model
         loop = self._loop = asyncio.get_running_loop()
         self._last_news = loop.time()
         self._saved = loop.create_future()
-        self._task = loop.create_task(self._produce(prompt, model), name="reply")
+        self._task = loop.create_task(self._produce(prompt, self.model), name="reply")
         self._deadline = loop.call_later(self.max_seconds, self.stop, "timeout")
         if self.keepalive_seconds > 0:
             self._keepalive = loop.call_later(self.keepalive_seconds, self._keepalive_tick)
@@ -294,7 +296,7 @@ class Reply:
                 "conversation_id": self.conversation_id,
                 "message_id": self.message_id,
                 "user_id": self.owner_id,
-                "model": getattr(self.provider, "model", ""),
+                "model": self.model,
                 "status": finished.status,
                 "end_reason": finished.error_code or outcome.finish_reason,
                 "ttft_ms": _ms(first_token_at - started) if first_token_at is not None else None,

@@ -7,7 +7,6 @@ import { Composer, setUpReading } from "./composer.js";
 import { addMessageCopy, adoptSaved, enhanceTranscript, liveReply } from "./render.js";
 import { conversationActive, provisionalTitle, watchTitle } from "./sidebar.js";
 
-import { setPageTitle } from "./page.js";
 
 /** An incremental SSE parser (https://html.spec.whatwg.org/multipage/server-sent-events.html). */
 export class SSEParser {
@@ -176,7 +175,6 @@ function rememberConversation(id, title) {
     form.dataset.conversationId = String(id);
     history.pushState({}, "", `/c/${id}/`);
   }
-  setPageTitle(title);
   conversationActive(id, title);
 }
 

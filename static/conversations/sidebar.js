@@ -1,6 +1,7 @@
 // The chat page's sidebar: conversations under date headings, renamed and deleted in place,
 // searched by title and message text, and named by the model after a new conversation's first
 // reply. Model and user text only ever goes in as text, never as HTML.
+import { setPageTitle } from "./page.js";
 
 const TITLE_LENGTH = 60;
 const SEARCH_DELAY_MS = 250;
@@ -83,7 +84,7 @@ function applyTitle(item, title) {
 /** Show a conversation's new title wherever it is listed, and in the tab if it is open. */
 function setTitle(id, title) {
   for (const item of itemsFor(id)) applyTitle(item, title);
-  if (openConversationId() === String(id)) document.title = `${title} · chatsite`;
+  if (openConversationId() === String(id)) setPageTitle(title);
 }
 
 function todayList() {
@@ -130,7 +131,7 @@ export function conversationActive(id, title) {
     link.removeAttribute("aria-current");
   }
   item.querySelector(".conversation-link").setAttribute("aria-current", "page");
-  if (openConversationId() === String(id)) document.title = `${item.dataset.title} · chatsite`;
+  if (openConversationId() === String(id)) setPageTitle(item.dataset.title);
 }
 
 /** After a new conversation's first reply, the server asks the model for a title: fetch the
