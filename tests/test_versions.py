@@ -283,3 +283,33 @@ def test_the_admin_transcript_shows_every_branch_with_its_versions(
     assert f"#{first.pk} ← #{first.parent_id}" in page
     assert "version 1 of 2" in page and "version 2 of 2" in page
     assert page.index("version 1 of 2") < page.index("version 2 of 2")
+
+
+def test_insert_chain_links_each_row_to_the_one_before_in_one_statement(
+    transactional_db, make_user, django_assert_num_queries
+):
+    from django.db import connection
+    from django.utils import timezone
+
+    from conversations import statements
+    from conversations.services import MESSAGE_COLUMNS
+
+    conversation = Conversation.objects.create(owner=make_user("carol"))
+    names = MESSAGE_COLUMNS
+    now = timezone.now()
+
+    def row(role: str, text: str) -> tuple:
+        return (conversation.pk, role, text, "complete", "", now, "", "", "")
+
+    [root] = statements.insert_rows(Message, names, [row("user", "root")])
+    rows = [row("user", "a"), row("assistant", "b")]
+
+    # One statement on PostgreSQL (the keys are drawn inside it); a transaction elsewhere.
+    queries = 1 if connection.vendor == "postgresql" else 4
+    with django_assert_num_queries(queries):
+        keys = statements.insert_chain(Message, names, rows, chain="parent", first=root)
+
+    saved = list(Message.objects.filter(pk__in=keys).order_by("pk"))
+    assert [m.pk for m in saved] == keys == sorted(keys)
+    assert [(m.content, m.parent_id) for m in saved] == [("a", root), ("b", keys[0])]
+    assert all(m.attach_count == 0 for m in saved)  # a field left out gets its default
