@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
-from django.db.models import Count, F, IntegerField, OuterRef, Subquery, Sum, Value
+from django.db.models import Count, F, IntegerField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -53,7 +53,7 @@ class TranscriptInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
     ordering = ["created_at", "id"]
-    fields = ["when", "role", "text", "outcome", "timing", "tokens", "attach_count"]
+    fields = ["when", "role", "branch", "text", "outcome", "timing", "tokens", "attach_count"]
     readonly_fields = fields
     verbose_name = "message"
     verbose_name_plural = "transcript"
@@ -67,6 +67,43 @@ class TranscriptInline(admin.TabularInline):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def get_queryset(self, request: HttpRequest):
+        """Every message of every branch, each with its place among its versions (the
+        messages with the same parent)."""
+        siblings = (
+            Message.objects.annotate(follows=Coalesce("parent", 0))
+            .filter(conversation=OuterRef("conversation"), follows=Coalesce(OuterRef("parent"), 0))
+            .order_by()
+            .values("conversation")
+        )
+        earlier = siblings.filter(
+            Q(created_at__lt=OuterRef("created_at"))
+            | Q(created_at=OuterRef("created_at"), id__lte=OuterRef("id"))
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                version_count=Subquery(siblings.annotate(n=Count("id")).values("n")),
+                version_index=Subquery(earlier.annotate(n=Count("id")).values("n")),
+            )
+        )
+
+    @admin.display(description="follows · version")
+    def branch(self, message: Message) -> str:
+        """Which message this one follows, and which version of its turn it is."""
+        follows = f"#{message.parent_id}" if message.parent_id else "start"
+        count = getattr(message, "version_count", 1) or 1
+        if count == 1:
+            return format_html('<span class="nowrap">#{} ← {}</span>', message.pk, follows)
+        return format_html(
+            '<span class="nowrap">#{} ← {}</span><br><span class="nowrap">version {} of {}</span>',
+            message.pk,
+            follows,
+            message.version_index,
+            count,
+        )
 
     @admin.display(description="when")
     def when(self, message: Message) -> str:

@@ -125,8 +125,16 @@ def too_deep(value: object, depth: int) -> bool:
 def chat_request_from_json(payload: object) -> ChatRequest:
     if not isinstance(payload, Mapping):
         raise bad_request("The body must be a JSON object.")
+    regenerate_of = id_from_json(payload, "regenerate_of")
+    edit_of = id_from_json(payload, "edit_of")
+    if regenerate_of is not None and edit_of is not None:
+        raise bad_request("Send 'regenerate_of' or 'edit_of', not both.")
     message = payload.get("message")
-    if message is None or (isinstance(message, str) and not message.strip()):
+    if regenerate_of is not None:
+        if message is not None:
+            raise bad_request("A regenerated reply answers the saved message: send no 'message'.")
+        message = ""
+    elif message is None or (isinstance(message, str) and not message.strip()):
         raise bad_request("'message' is required and must not be empty.", "missing_message")
     if not isinstance(message, str):
         raise bad_request("'message' must be a string.")
@@ -138,20 +146,29 @@ def chat_request_from_json(payload: object) -> ChatRequest:
     if system_prompt is not None:
         check_length(system_prompt, settings.CHAT_MAX_SYSTEM_PROMPT_CHARS, "system_prompt")
         check_storable(system_prompt, "system_prompt")
-    conversation_id = payload.get("conversation_id")
-    if conversation_id is not None and (
-        isinstance(conversation_id, bool)
-        or not isinstance(conversation_id, int)
-        or not 1 <= conversation_id <= MAX_ID
-    ):
-        raise bad_request(f"'conversation_id' must be an integer from 1 to {MAX_ID}.")
+    conversation_id = id_from_json(payload, "conversation_id")
+    if conversation_id is None and (regenerate_of or edit_of):
+        field = "regenerate_of" if regenerate_of else "edit_of"
+        raise bad_request(f"'{field}' needs the 'conversation_id' the message belongs to.")
     return ChatRequest(
         message=message,
         conversation_id=conversation_id,
         system_prompt=system_prompt,
         history=history_from_json(payload.get("history")),
         model=model_from(payload.get("model")),
+        regenerate_of=regenerate_of,
+        edit_of=edit_of,
     )
+
+
+def id_from_json(payload: Mapping, name: str) -> int | None:
+    """A row id field of a JSON body: absent or null, else an integer from 1 to MAX_ID."""
+    value = payload.get(name)
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID
+    ):
+        raise bad_request(f"'{name}' must be an integer from 1 to {MAX_ID}.")
+    return value
 
 
 def history_from_json(history: object) -> list:

@@ -28,6 +28,14 @@ class Conversation(models.Model):
     model = models.CharField(max_length=200, blank=True, help_text="The model that answers.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, help_text="Last activity.")
+    current_leaf = models.ForeignKey(
+        "Message",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The last message of the path shown (a version picked); empty: the latest.",
+    )
 
     class Meta:
         ordering = ["-updated_at", "-id"]
@@ -55,6 +63,15 @@ class Message(models.Model):
 
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+        help_text="The message this one follows; messages with the same parent are versions "
+        "(a regenerated reply, an edited message). Empty for a conversation's first message.",
     )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)

@@ -46,7 +46,9 @@ STREAM_ERRORS = {
                   "lists those on offer)."),
     "403": _error("CSRF check failed (session requests), or a GET stream opened with the "
                   "session that does not show it comes from this site (`cross_site`)."),
-    "404": _error("Unknown conversation, or someone else's."),
+    "404": _error("Unknown conversation, or someone else's; a `regenerate_of` that is not a "
+                  "reply of it, or an `edit_of` that is not a message of the caller's in it "
+                  "(`message_not_found`)."),
     "405": _error("Method not allowed."),
     **COMMON_ERRORS,
     "429": _error("Over the rate limit, or too many concurrent streams (`too_many_streams`): "
@@ -323,6 +325,34 @@ def openapi_document() -> dict:
                     },
                 },
             },
+            "/api/messages/{message_id}/show": {
+                "parameters": [message_id],
+                "post": {
+                    "summary": "Show this version of its turn (and below it the newest replies)",
+                    "responses": {
+                        "200": {
+                            "description": "The path now shown, first to last.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "conversation_id": {"type": "integer"},
+                                            "current_path": {
+                                                "type": "array",
+                                                "items": {"type": "integer"},
+                                            },
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "403": _error("CSRF check failed (session requests)."),
+                        "404": _error("Unknown message, or someone else's."),
+                        **COMMON_ERRORS,
+                    },
+                },
+            },
             "/api/messages/{message_id}/stream": {
                 "parameters": [message_id],
                 "get": {
@@ -385,7 +415,8 @@ def _schemas(limits: dict) -> dict:
         },
         "ChatRequest": {
             "type": "object",
-            "required": ["message"],
+            "description": "`message` is required unless `regenerate_of` is given (then it must "
+            "be absent).",
             "properties": {
                 "message": {"type": "string", "minLength": 1, "maxLength": limits["message"]},
                 "system_prompt": {"type": "string", "maxLength": limits["system_prompt"]},
@@ -404,6 +435,20 @@ def _schemas(limits: dict) -> dict:
                 },
                 "conversation_id": {"type": "integer", "minimum": 1},
                 "model": {"type": "string", "maxLength": 200, "description": MODEL_DESCRIPTION},
+                "regenerate_of": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "A reply of the conversation to answer again: the new reply "
+                    "is a version of it (same parent), the prompt is the path up to the message "
+                    "it answers. Needs `conversation_id`; no `message`.",
+                },
+                "edit_of": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "A message of the caller's in the conversation that "
+                    "`message` replaces as a new version (same parent); the prompt is the path "
+                    "up to it, then `message`. Needs `conversation_id`.",
+                },
             },
         },
         "ModelList": {
@@ -420,6 +465,11 @@ def _schemas(limits: dict) -> dict:
             "type": "object",
             "properties": {
                 "id": {"type": "integer"},
+                "parent_id": {
+                    "type": ["integer", "null"],
+                    "description": "The message this one follows (null for a first message); "
+                    "messages with the same parent are versions of one turn.",
+                },
                 "role": {"enum": ["user", "assistant"]},
                 "content": text,
                 "status": _ref("MessageStatus"),
@@ -462,7 +512,17 @@ def _schemas(limits: dict) -> dict:
                     "type": "object",
                     "properties": {
                         "system_prompt": text,
-                        "messages": {"type": "array", "items": _ref("Message")},
+                        "messages": {
+                            "type": "array",
+                            "items": _ref("Message"),
+                            "description": "Every message, every version, in the order written.",
+                        },
+                        "current_path": {
+                            "type": "array",
+                            "items": {"type": "integer"},
+                            "description": "The ids of the messages shown, first to last: the "
+                            "path the next message follows.",
+                        },
                     },
                 },
             ]

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from .errors import NotFound
 from .models import SEARCH_CONFIG, Conversation, Message, content_vector, title_vector
+from .versions import Tree, Version, path_with_versions
 
 SIDEBAR_LENGTH = 100
 MAX_SEARCH_TERMS = 8
@@ -35,6 +36,19 @@ def message_get_for_user(user: AbstractBaseUser, conversation_id: int, message_i
     return get_object_or_404(
         Message, pk=message_id, conversation_id=conversation_id, conversation__owner=user
     )
+
+
+def conversation_shown_path(conversation: Conversation) -> list[tuple[Message, Version]]:
+    """The messages the page shows, root to leaf, each with its place among its versions."""
+    return path_with_versions(list(conversation.messages.all()), conversation.current_leaf_id)
+
+
+def message_version(message: Message) -> Version:
+    """Where ``message`` stands among its versions (the messages with its parent)."""
+    siblings = Message.objects.filter(
+        conversation_id=message.conversation_id, parent_id=message.parent_id
+    ).order_by("created_at", "id")
+    return Tree(siblings.only("id", "parent_id")).version(message)
 
 
 def conversation_api_list_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:

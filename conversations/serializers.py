@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .models import Conversation, Message
+from .versions import Tree
 
 
 def isoformat_or_none(value) -> str | None:
@@ -23,6 +24,7 @@ def conversation_summary(conversation: Conversation) -> dict:
 def message_detail(message: Message) -> dict:
     return {
         "id": message.pk,
+        "parent_id": message.parent_id,
         "role": message.role,
         "content": message.content,
         "status": message.status,
@@ -45,9 +47,13 @@ def message_detail(message: Message) -> dict:
 
 
 def conversation_detail(conversation: Conversation, messages: list[Message]) -> dict:
+    """The conversation with every message, each version included (``parent_id`` links them),
+    and the ids of the path shown, root to leaf."""
+    path = Tree(messages).path(conversation.current_leaf_id)
     return {
         **conversation_summary(conversation),
         "system_prompt": conversation.system_prompt,
         "message_count": len(messages),
         "messages": [message_detail(message) for message in messages],
+        "current_path": [message.pk for message in path],
     }

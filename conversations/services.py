@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
@@ -13,9 +14,10 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from . import statements
-from .errors import Conflict, NotFound
+from .errors import Conflict, Invalid, NotFound
 from .models import Conversation, Message
 from .providers import ChatMessage
+from .versions import Tree
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class ChatRequest:
     history: list[ChatMessage] = field(default_factory=list)
     model: str | None = None
     """The model asked for, already checked against those on offer; None: the conversation's."""
+    regenerate_of: int | None = None
+    """A reply of the conversation to answer again: the new reply is a version of it."""
+    edit_of: int | None = None
+    """A message of the user's in the conversation that ``message`` replaces, as a version."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class OpenedReply:
     """A reply about to stream: the saved rows and the prompt to send upstream."""
 
     conversation: Conversation
-    user_message: Message
+    user_message: Message | None
+    """None for a regenerated reply: it answers a message saved before."""
     assistant_message: Message
     prompt: list[ChatMessage]
     model: str
@@ -62,14 +69,54 @@ def conversation_title_from(text: str, *, limit: int = TITLE_LENGTH) -> str:
     return cut.rstrip(" ,;:.-–—") + "…"
 
 
-def prompt_for_conversation(conversation: Conversation) -> list[ChatMessage]:
-    """The saved transcript as a prompt: system prompt first, then every non-empty turn in order."""
+class Turn(NamedTuple):
+    """A saved message as the prompt and the version tree need it."""
+
+    pk: int
+    parent_id: int | None
+    role: str
+    content: str
+
+
+def conversation_tree(conversation_id: int) -> Tree:
+    """Every message of the conversation, in the order written, as a version tree."""
+    rows = Message.objects.filter(conversation_id=conversation_id).order_by("created_at", "id")
+    return Tree(Turn(*row) for row in rows.values_list("pk", "parent_id", "role", "content"))
+
+
+def prompt_from(system_prompt: str, turns: Iterable[ChatMessage | Turn]) -> list[ChatMessage]:
+    """A prompt: the system prompt (if any) first, then every non-empty turn in order."""
     prompt: list[ChatMessage] = []
-    if conversation.system_prompt:
-        prompt.append({"role": "system", "content": conversation.system_prompt})
-    turns = conversation.messages.exclude(content="").values_list("role", "content")
-    prompt.extend({"role": role, "content": content} for role, content in turns)
+    if system_prompt:
+        prompt.append({"role": "system", "content": system_prompt})
+    for turn in turns:
+        role, content = (
+            (turn.role, turn.content) if isinstance(turn, Turn) else (turn["role"], turn["content"])
+        )
+        if content:
+            prompt.append({"role": role, "content": content})
     return prompt
+
+
+def reply_parent(tree: Tree, chat_request: ChatRequest, *, shown_leaf: int | None) -> int | None:
+    """The message a new reply's first row follows: the saved message a regenerated reply
+    answers, the parent of an edited message, else the last message shown."""
+    if chat_request.regenerate_of is not None:
+        reply = tree.by_id.get(chat_request.regenerate_of)
+        if reply is None or reply.role != Message.Role.ASSISTANT:
+            raise NotFound("message_not_found", "No such reply in this conversation.")
+        if reply.parent_id is None:
+            raise Invalid(
+                "nothing_to_answer", "This reply answers no message, so it cannot be regenerated."
+            )
+        return reply.parent_id
+    if chat_request.edit_of is not None:
+        edited = tree.by_id.get(chat_request.edit_of)
+        if edited is None or edited.role != Message.Role.USER:
+            raise NotFound("message_not_found", "No such message of yours in this conversation.")
+        return edited.parent_id
+    path = tree.path(shown_leaf)
+    return path[-1].pk if path else None
 
 
 def reply_open(
@@ -110,9 +157,11 @@ def reply_open(
             Message,
             MESSAGE_COLUMNS[1:],
             message_values(rows, now),
+            chain="parent",
         )
         statements.as_saved(conversation)
-        *_, user_message, assistant_message = saved_messages(conversation, pks, rows, now)
+        messages = saved_messages(conversation, pks, rows, now, parent_id=None)
+        *_, user_message, assistant_message = messages
         prompt = new_conversation_prompt(chat_request, default_system_prompt)
         return OpenedReply(conversation, user_message, assistant_message, prompt, model)
     with transaction.atomic():
@@ -124,10 +173,21 @@ def reply_open(
         )
         replies_in_progress_settle(conversation=conversation, still_running=still_running, now=now)
         model = chat_request.model or model_for_conversation(conversation.model)
-        prompt = prompt_for_conversation(conversation)
-        prompt.append({"role": "user", "content": chat_request.message})
-        rows = message_rows([], chat_request.message, model)
-        *_, user_message, assistant_message = messages_insert(conversation, rows, now=now)
+        tree = conversation_tree(conversation.pk)
+        parent_id = reply_parent(tree, chat_request, shown_leaf=conversation.current_leaf_id)
+        prompt = prompt_from(conversation.system_prompt, tree.path_to(parent_id))
+        if chat_request.regenerate_of is None:
+            prompt.append({"role": "user", "content": chat_request.message})
+            rows = message_rows([], chat_request.message, model)
+        else:
+            rows = [(Message.Role.ASSISTANT, "", Message.Status.STREAMING, model)]
+        messages = messages_insert(conversation, rows, now=now, parent_id=parent_id)
+        if conversation.current_leaf_id is not None:
+            # A version was picked to be shown: the new reply, the newest message, is shown now.
+            statements.update_rows(Conversation, {"current_leaf": None}, {"id": conversation.pk})
+            conversation.current_leaf_id = None
+    assistant_message = messages[-1]
+    user_message = messages[0] if len(messages) > 1 else None
     return OpenedReply(conversation, user_message, assistant_message, prompt, model)
 
 
@@ -241,22 +301,31 @@ def message_values(rows: list[MessageRow], now: datetime) -> list[tuple]:
 
 
 def messages_insert(
-    conversation: Conversation, rows: list[MessageRow], *, now: datetime
+    conversation: Conversation, rows: list[MessageRow], *, now: datetime, parent_id: int | None
 ) -> list[Message]:
-    """Insert the rows in one statement, in order."""
+    """Insert the rows in one statement, in order, each following the one before it and the
+    first following ``parent_id``."""
     values = [(conversation.pk, *row) for row in message_values(rows, now)]
-    pks = statements.insert_rows(Message, MESSAGE_COLUMNS, values)
-    return saved_messages(conversation, pks, rows, now)
+    pks = statements.insert_chain(Message, MESSAGE_COLUMNS, values, chain="parent", first=parent_id)
+    return saved_messages(conversation, pks, rows, now, parent_id=parent_id)
 
 
 def saved_messages(
-    conversation: Conversation, pks: list[int], rows: list[MessageRow], now: datetime
+    conversation: Conversation,
+    pks: list[int],
+    rows: list[MessageRow],
+    now: datetime,
+    *,
+    parent_id: int | None,
 ) -> list[Message]:
+    """The rows just inserted as saved instances, each following the one before it."""
+    parents = [parent_id, *pks[:-1]]
     return [
         statements.as_saved(
             Message(
                 pk=pk,
                 conversation=conversation,
+                parent_id=parent,
                 role=role,
                 content=content,
                 status=status,
@@ -264,7 +333,7 @@ def saved_messages(
                 created_at=now,
             )
         )
-        for pk, (role, content, status, model) in zip(pks, rows, strict=True)
+        for pk, parent, (role, content, status, model) in zip(pks, parents, rows, strict=True)
     ]
 
 
@@ -276,12 +345,9 @@ def system_prompt_for(chat_request: ChatRequest, default_system_prompt: str) -> 
 
 
 def new_conversation_prompt(chat_request: ChatRequest, default_system_prompt: str) -> list:
-    """What prompt_for_conversation will read back for the conversation this request starts."""
-    prompt: list[ChatMessage] = []
+    """The prompt of the conversation this request starts, as the saved rows will give it."""
     system_prompt = system_prompt_for(chat_request, default_system_prompt)
-    if system_prompt:
-        prompt.append({"role": "system", "content": system_prompt})
-    prompt.extend(item for item in chat_request.history if item["content"])
+    prompt = prompt_from(system_prompt, chat_request.history)
     prompt.append({"role": "user", "content": chat_request.message})
     return prompt
 
@@ -428,3 +494,23 @@ def conversation_set_generated_title(*, conversation_id: int, provisional: str, 
 conversation_aset_generated_title = sync_to_async(
     conversation_set_generated_title, thread_sensitive=False
 )
+
+
+def conversation_show_version(*, user: AbstractBaseUser, message_id: int) -> tuple[int, list[int]]:
+    """Show the version ``message_id`` of its turn, and below it the newest of its
+    descendants; the conversation and the ids of the path now shown. NotFound unless the
+    caller owns the message."""
+    owned = Message.objects.filter(pk=message_id, conversation__owner=user)
+    conversation_id = owned.values_list("conversation_id", flat=True).first()
+    if conversation_id is None:
+        raise NotFound("message_not_found", "No such message.")
+    with transaction.atomic():
+        # Locked like a new reply's, so the tree read is the one the choice is saved against.
+        Conversation.objects.select_for_update().filter(pk=conversation_id).exists()
+        tree = conversation_tree(conversation_id)
+        leaf = tree.newest_leaf_below(message_id)
+        statements.update_rows(Conversation, {"current_leaf": leaf}, {"id": conversation_id})
+    return conversation_id, [message.pk for message in tree.path(leaf)]
+
+
+conversation_ashow_version = sync_to_async(conversation_show_version)

@@ -7,6 +7,9 @@ each value with its field's ``get_db_prep_save``, so they follow the models and 
 and PostgreSQL alike. Use them inside ``transaction.atomic()`` where several must hold together.
 On PostgreSQL ``insert_with_children`` and ``update_with_parent`` write two tables in one
 statement (a data-modifying WITH): one round trip, and no transaction to open and commit.
+``insert_chain`` (and ``insert_with_children`` given a ``chain`` field) writes rows that each
+point to the one before: on PostgreSQL the keys are drawn from the table's sequence inside the
+statement, so that too is one statement.
 """
 
 from __future__ import annotations
@@ -88,6 +91,31 @@ def update_rows(model: type[Model], values: dict, where: dict) -> int:
         return cursor.rowcount
 
 
+def insert_chain(
+    model: type[Model],
+    names: Sequence[str],
+    rows: Sequence[Sequence],
+    *,
+    chain: str,
+    first: int | None,
+) -> list[int]:
+    """insert_rows, where each row's ``chain`` field (a foreign key to ``model`` itself) points
+    to the row before it, and the first row's to ``first``; the keys, in order (ascending)."""
+    names, rows = _completed(model, tuple(names), rows)
+    if connection.vendor != "postgresql":
+        keys: list[int] = []
+        with transaction.atomic():
+            for row in rows:
+                previous = keys[-1] if keys else first
+                keys += insert_rows(model, (chain, *names), [(previous, *row)])
+        return keys
+    params = [value for row in rows for value in _prepared(model, names, row)]
+    params.append(first)
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_chain_sql(model, names, len(rows), chain, None), params)
+        return sorted(pk for (pk, *_) in cursor.fetchall())
+
+
 def insert_with_children(
     parent: type[Model],
     names: Sequence[str],
@@ -95,10 +123,14 @@ def insert_with_children(
     child: type[Model],
     child_names: Sequence[str],
     children: Sequence[Sequence],
+    *,
+    chain: str | None = None,
 ) -> tuple[int, list[int]]:
     """Insert a ``parent`` row and ``children`` rows of ``child`` that point to it, all or none;
-    the parent's key and the children's, in order. On PostgreSQL this is one statement (a
-    data-modifying WITH, no transaction to open and commit), elsewhere a transaction of two."""
+    the parent's key and the children's, in order. Given ``chain`` (a field of ``child`` that
+    points to ``child``), each child points to the one before it (the first to none). On
+    PostgreSQL this is one statement (a data-modifying WITH, no transaction to open and
+    commit), elsewhere a transaction of several."""
     (names, (values,)), (child_names, children) = (
         _completed(parent, tuple(names), [values]),
         _completed(child, tuple(child_names), children),
@@ -108,13 +140,20 @@ def insert_with_children(
         with transaction.atomic():
             [pk] = insert_rows(parent, names, [values])
             rows = [(pk, *row) for row in children]
-            return pk, insert_rows(child, (link.name, *child_names), rows)
+            if chain is None:
+                return pk, insert_rows(child, (link.name, *child_names), rows)
+            return pk, insert_chain(child, (link.name, *child_names), rows, chain=chain, first=None)
     params = _prepared(parent, names, values)
     for row in children:
         params += _prepared(child, child_names, row)
+    if chain is not None:
+        params.append(None)
     with connection.cursor() as cursor:
         cursor.execute(
-            _insert_with_children_sql(parent, names, child, child_names, len(children)), params
+            _insert_chain_sql(child, child_names, len(children), chain, (parent, names))
+            if chain is not None
+            else _insert_with_children_sql(parent, names, child, child_names, len(children)),
+            params,
         )
         saved = cursor.fetchall()
     return saved[0][1], sorted(pk for pk, _ in saved)
@@ -143,6 +182,53 @@ def _insert_with_children_sql(
         f"(VALUES {', '.join(f'({position}, {row})' for position in range(rows))}) "
         f"AS v(position, {aliases}) ORDER BY position "
         f"RETURNING {quote(child._meta.pk.column)}, {link}"
+    )
+
+
+@cache
+def _insert_chain_sql(
+    model: type[Model],
+    names: tuple[str, ...],
+    rows: int,
+    chain: str,
+    parent: tuple[type[Model], tuple[str, ...]] | None,
+) -> str:
+    """PostgreSQL: the keys are taken from the table's sequence first (ascending in the rows'
+    order), so each row can name the one before it; the first row's ``chain`` is the last
+    parameter. With ``parent`` (a model and its columns), its row is inserted first and each
+    row points to it: the parameters start with its values."""
+    _, columns = _columns(model, names)
+    quote = connection.ops.quote_name
+    pk = quote(model._meta.pk.column)
+    chain_column = quote(model._meta.get_field(chain).column)
+    aliases = ", ".join(f"v{index}" for index in range(len(columns)))
+    row = ", ".join(["%s"] * len(columns))
+    sequence = f"pg_get_serial_sequence('{_table(model)}', '{model._meta.pk.column}')"
+    prefix, source, link_column, link_value = "WITH ", "", "", ""
+    if parent is not None:
+        parent_model, parent_names = parent
+        _, parent_columns = _columns(parent_model, parent_names)
+        prefix = (
+            f"WITH parent AS (INSERT INTO {_table(parent_model)} ({', '.join(parent_columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(parent_columns))}) "
+            f"RETURNING {quote(parent_model._meta.pk.column)} AS pk), "
+        )
+        source = "parent CROSS JOIN "
+        link_column = f"{quote(_link(model, parent_model).column)}, "
+        link_value = "parent.pk, "
+    returning = f"{pk}, {link_column.rstrip(', ')}" if parent is not None else pk
+    return (
+        f"{prefix}keys AS (SELECT row_number() OVER (ORDER BY key) AS position, key "
+        f"FROM (SELECT nextval({sequence}) AS key FROM generate_series(1, {rows})) AS drawn) "
+        f"INSERT INTO {_table(model)} ({pk}, {link_column}{chain_column}, {', '.join(columns)}) "
+        f"SELECT keys.key, {link_value}COALESCE(previous.key, first.key), {aliases} "
+        f"FROM {source}"
+        f"(VALUES {', '.join(f'({position}, {row})' for position in range(1, rows + 1))}) "
+        f"AS v(position, {aliases}) "
+        f"JOIN keys ON keys.position = v.position "
+        f"LEFT JOIN keys AS previous ON previous.position = v.position - 1 "
+        f"CROSS JOIN (SELECT %s::bigint AS key) AS first "
+        f"ORDER BY v.position RETURNING {returning}"
     )
 
 

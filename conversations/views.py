@@ -55,10 +55,12 @@ from .selectors import (
     conversation_date_groups,
     conversation_get_for_user,
     conversation_list_for_user,
+    conversation_shown_path,
     message_get_for_user,
+    message_version,
 )
 from .serializers import conversation_detail, conversation_summary
-from .services import conversation_arename
+from .services import conversation_arename, conversation_ashow_version
 from .sse import EventStreamResponse
 from .streams import JsonFramer, QueryFramer, ReplyFrames, saved_reply_frames
 
@@ -72,7 +74,7 @@ def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpRespon
     conversations = list(conversation_list_for_user(request.user)[:SIDEBAR_LENGTH])
     context = {
         "conversation": conversation,
-        "messages": conversation.messages.all() if conversation else [],
+        "path": conversation_shown_path(conversation) if conversation else [],
         "conversations": conversations,
         "conversation_groups": conversation_date_groups(conversations),
         "auto_titles": settings.CHAT_AUTO_TITLES,
@@ -100,7 +102,8 @@ def composer_context(conversation: Conversation | None) -> dict:
 def message_fragment(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
     """One saved message as the page renders it, to replace the streamed copy."""
     message = message_get_for_user(request.user, conversation_id, message_id)
-    return render(request, "conversations/_message.html", {"message": message})
+    context = {"message": message, "version": message_version(message)}
+    return render(request, "conversations/_message.html", context)
 
 
 sign_in = attempts_limited(SIGN_IN)(LoginView.as_view())
@@ -251,6 +254,15 @@ async def message_cancel(request: HttpRequest, message_id: int) -> HttpResponse:
     """Stop a reply that is still streaming; its partial text is saved as ``cancelled``."""
     message = await message_acancel(user=request.api_user, message_id=message_id)
     return JsonResponse({"id": message.pk, "status": message.status})
+
+
+@api_view("POST")
+async def message_show(request: HttpRequest, message_id: int) -> HttpResponse:
+    """Show this version of its turn (and the newest replies below it) in its conversation."""
+    conversation_id, path = await conversation_ashow_version(
+        user=request.api_user, message_id=message_id
+    )
+    return JsonResponse({"conversation_id": conversation_id, "current_path": path})
 
 
 def openapi_json(request: HttpRequest) -> JsonResponse:

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from conversations.models import Conversation, Message
+from conversations.models import Conversation
+from tests.factories import answered, asked, transcript_create
 from tests.test_chat_ui import ARTIFACTS, composer, send
 
 AXE = Path(__file__).parent / "js" / "vendor" / "axe-core" / "axe.min.js"
@@ -68,17 +69,12 @@ def conversation_with_wide_reply(user, title: str = "Wide things") -> Conversati
     code line, a wide table, inline code, a link and a long word, as the server renders them."""
     assert len(LONG_CODE_LINE) >= 300
     conversation = Conversation.objects.create(owner=user, title=title)
-    Message.objects.create(
-        conversation=conversation, role="user", content="Show me something wide, please."
-    )
-    Message.objects.create(conversation=conversation, role="assistant", content=WIDE_REPLY)
-    Message.objects.create(conversation=conversation, role="user", content="w" * 400)
-    Message.objects.create(
-        conversation=conversation,
-        role="assistant",
-        content="It failed.",
-        status="error",
-        error_message="The model service failed to answer.",
+    transcript_create(
+        conversation,
+        asked("Show me something wide, please."),
+        answered(WIDE_REPLY),
+        asked("w" * 400),
+        answered("It failed.", status="error", error_message="The model service failed to answer."),
     )
     return conversation
 
@@ -144,8 +140,7 @@ def test_the_sidebar_and_composer_stay_in_view_while_a_long_transcript_scrolls(
 ):
     conversation = Conversation.objects.create(owner=user, title="Long")
     for i in range(30):
-        Message.objects.create(conversation=conversation, role="user", content=f"question {i}")
-        Message.objects.create(conversation=conversation, role="assistant", content="answer\n" * 5)
+        transcript_create(conversation, asked(f"question {i}"), answered("answer\n" * 5))
     page = browser_page_for(user, viewport={"width": 1280, "height": 700})
     page.goto(f"/c/{conversation.pk}/")
     new_chat = page.get_by_role("link", name="New chat")
@@ -380,13 +375,10 @@ def test_screenshots_of_the_chat_page_in_dark_and_on_a_phone(
 ):
     """``make screenshot`` (UPDATE_SCREENSHOT=1) refreshes the README's copies."""
     conversation = Conversation.objects.create(owner=user, title="Sorting in Python")
-    Message.objects.create(
-        conversation=conversation, role="user", content="How do I sort a list of dicts by a key?"
-    )
-    Message.objects.create(
-        conversation=conversation,
-        role="assistant",
-        content=(
+    transcript_create(
+        conversation,
+        asked("How do I sort a list of dicts by a key?"),
+        answered(
             "Use `sorted` with a **key** function:\n\n"
             '```python\npeople = [{"name": "Ada", "age": 36}, {"name": "Alan", "age": 41}]\n'
             'by_age = sorted(people, key=lambda person: person["age"])\n```\n\n'

@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conversations.models import Conversation, Message
+from tests.factories import answered, asked, transcript_create
 from tests.test_chat_ui import composer, last_assistant, send
 from tests.test_stream_failures import wait_until
 
@@ -279,12 +280,10 @@ def test_jump_to_latest_appears_when_scrolled_up_and_takes_the_page_to_the_end(
 def test_an_old_long_conversation_opens_at_its_latest_turn(page_for, user):
     conversation = Conversation.objects.create(owner=user, title="Long ago", model="fake-model")
     for i in range(30):
-        Message.objects.create(conversation=conversation, role="user", content=f"question {i}")
-        Message.objects.create(
-            conversation=conversation,
-            role="assistant",
-            content=f"answer {i}\n\n" + "filler line\n\n" * 3,
-            model="fake-model",
+        transcript_create(
+            conversation,
+            asked(f"question {i}"),
+            answered(f"answer {i}\n\n" + "filler line\n\n" * 3, model="fake-model"),
         )
     page = page_for(user, viewport={"width": 900, "height": 500})
 

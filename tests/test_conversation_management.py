@@ -16,6 +16,7 @@ from conversations.selectors import (
     search_terms,
 )
 from conversations.services import conversation_set_generated_title, conversation_title_from
+from tests.factories import answered, asked, transcript_create
 from tests.loops import run_in_new_loop
 from tests.test_api import create_token, reply_streaming_in, token_client
 from tests.test_stream_failures import wait_until
@@ -166,10 +167,10 @@ def test_deleting_a_conversation_whose_reply_streams_stops_the_reply(server, use
 
 def conversation_with(owner, title: str, *texts: str) -> Conversation:
     conversation = Conversation.objects.create(owner=owner, title=title)
-    for index, text in enumerate(texts):
-        Message.objects.create(
-            conversation=conversation, role="user" if index % 2 == 0 else "assistant", content=text
-        )
+    transcript_create(
+        conversation,
+        *(asked(text) if i % 2 == 0 else answered(text) for i, text in enumerate(texts)),
+    )
     return conversation
 
 

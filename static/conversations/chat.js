@@ -113,7 +113,7 @@ function scrollToEnd() {
   followedTop = scroller.scrollTop;
 }
 
-function messageNode(role, text) {
+function messageNode(role, text, place = (article) => transcript.append(article)) {
   document.getElementById("empty-transcript")?.remove();
   const article = document.createElement("article");
   article.className = `message ${role}`;
@@ -124,6 +124,17 @@ function messageNode(role, text) {
   body.className = "message-body plain";
   body.textContent = text;
   article.append(label, body);
+  // The saved copy has a row of actions (Edit, Regenerate, versions): its room is kept.
+  const actions = document.createElement("div");
+  actions.className = "message-actions pending";
+  actions.setAttribute("aria-hidden", "true");
+  const placeholder = document.createElement("button");
+  placeholder.type = "button";
+  placeholder.disabled = true;
+  placeholder.tabIndex = -1;
+  placeholder.textContent = role === "user" ? "Edit" : "Regenerate";
+  actions.append(placeholder);
+  article.append(actions);
   if (role === "assistant") {
     // The saved copy brings the reply's details (a line under it): the line is kept free from
     // the start, so nothing moves when the saved copy takes over.
@@ -134,7 +145,7 @@ function messageNode(role, text) {
     article.append(details);
   }
   addMessageCopy(article);
-  transcript.append(article);
+  place(article);
   return article;
 }
 
@@ -143,14 +154,15 @@ function addNote(article, text, kind) {
   note.className = `message-note ${kind}`;
   if (kind === "failed") note.setAttribute("role", "alert");
   note.textContent = text;
-  const details = article.querySelector(":scope > .message-meta");
-  if (details) details.before(note);
+  const after = article.querySelector(":scope > .message-actions, :scope > .message-meta");
+  if (after) after.before(note);
   else article.append(note);
 }
 
 /** While a reply streams the composer stays open for typing; Send waits. */
 function setStreaming(streaming) {
   composer.setBusy(streaming);
+  transcript.classList.toggle("busy", streaming);
   stopButton.hidden = !streaming;
   if (!streaming) input.focus();
 }
@@ -192,9 +204,11 @@ async function swapForSaved(article, convId, messageId) {
     // The saved copy can be shorter: the page moving up under it is not the user scrolling.
     followedTop = Math.min(followedTop, document.scrollingElement.scrollTop);
     scrollToEnd();
+    return saved;
   } catch {
     // keep the streamed copy; a reload shows the saved one
   }
+  return null;
 }
 
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
@@ -333,36 +347,60 @@ async function stream(reply, state, responsePromise) {
     announce({ done: "The reply is complete.", stopped: "The reply was stopped." }[outcome]
       ?? "The reply failed.");
     if (outcome !== "stopped" && state.ids?.message) {
-      await swapForSaved(reply, state.ids.conversation, state.ids.message);
+      state.saved = await swapForSaved(reply, state.ids.conversation, state.ids.message);
     }
   }
 }
 
-async function send(text) {
-  const userArticle = messageNode("user", text);
-  const reply = messageNode("assistant", "");
+/** The articles from ``article`` to the end of the transcript: a new version of a message
+ *  replaces it and everything shown below it. */
+function fromHereOn(article) {
+  const articles = [];
+  for (let node = article; node; node = node.nextElementSibling) articles.push(node);
+  return articles;
+}
+
+/** Send ``text`` as the next message; or, with ``editOf``, as a new version of that message
+ *  of the user's (``replacing`` its article); or, with ``regenerateOf``, ask again for a new
+ *  version of that reply (``text`` empty). */
+async function send(text, { editOf = null, regenerateOf = null, replacing = null } = {}) {
+  const replaced = replacing ? fromHereOn(replacing) : [];
+  const anchor = replaced[0] ?? null;
+  const place = (article) => (anchor ? anchor.before(article) : transcript.append(article));
+  const userArticle = regenerateOf ? null : messageNode("user", text, place);
+  const reply = messageNode("assistant", "", place);
+  for (const article of replaced) article.hidden = true;
   followOutput = true;
   scrollToEnd();
   announce("The assistant is replying.");
   const conversationId = form.dataset.conversationId;
-  const payload = { message: text, ...composer.extras({ newConversation: !conversationId }) };
+  const payload = regenerateOf
+    ? { regenerate_of: Number(regenerateOf) }
+    : { message: text, ...composer.extras({ newConversation: !conversationId }) };
+  if (editOf) payload.edit_of = Number(editOf);
   if (conversationId) payload.conversation_id = Number(conversationId);
   const title = provisionalTitle(text);
   const state = {
     controller: new AbortController(),
     received: 0,
     ids: null,
-    // Refused before any reply (a limit, a bad field): said at the composer, not as a reply.
+    // Refused before any reply (a limit, a bad field): said at the composer, not as a reply,
+    // and what the new version was to replace is shown again.
     onRefused: (message) => {
-      userArticle.remove();
+      userArticle?.remove();
       reply.remove();
-      composer.refused(text, message);
+      for (const article of replaced) article.hidden = false;
+      if (regenerateOf) composer.showNotice(message);
+      else composer.refused(text, message);
     },
-    onLost: () => composer.restore(text),
+    onLost: () => {
+      if (!regenerateOf) composer.restore(text);
+    },
     onStarted: (ids) => {
+      for (const article of replaced) article.remove();
       if (ids.conversation) rememberConversation(ids.conversation, title);
       if (!conversationId && ids.conversation) composer.conversationStarted(conversationId);
-      userArticle.dataset.conversationId = ids.conversation;
+      if (userArticle) userArticle.dataset.conversationId = ids.conversation;
     },
   };
   const response = fetch(form.dataset.streamUrl, {
@@ -378,6 +416,10 @@ async function send(text) {
     signal: state.controller.signal,
   });
   await stream(reply, state, response);
+  // The message, saved, gets its Edit button (and, edited, shows its versions).
+  if (userArticle && state.saved?.dataset.parentId) {
+    await swapForSaved(userArticle, state.ids.conversation, state.saved.dataset.parentId);
+  }
   // A new conversation is named by the model once its first reply is complete.
   if (!conversationId && state.outcome === "done" && state.ids?.conversation) {
     watchTitle(state.ids.conversation);
@@ -440,6 +482,101 @@ input.addEventListener("keydown", (event) => {
 stopButton.addEventListener("click", stopCurrent);
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && current) stopCurrent();
+});
+
+/** Show the path through another version: the transcript is read again from the server,
+ *  and the message picked stays where it was on the screen. */
+async function showVersion(messageId, stepButton) {
+  const article = stepButton.closest(".message");
+  const offset = article.getBoundingClientRect().top;
+  const conversationId = form.dataset.conversationId;
+  try {
+    const shown = await fetch(`/api/messages/${messageId}/show`, {
+      method: "POST",
+      headers: { "X-CSRFToken": form.dataset.csrfToken },
+      credentials: "same-origin",
+    });
+    if (!shown.ok) throw new Error(await errorMessage(shown));
+    const page = await fetch(`/c/${conversationId}/`, { credentials: "same-origin" });
+    if (!page.ok) throw new Error(`The server answered ${page.status}.`);
+    const fresh = new DOMParser().parseFromString(await page.text(), "text/html");
+    transcript.replaceChildren(...fresh.getElementById("transcript").childNodes);
+  } catch (error) {
+    composer.showNotice(error.message || "The other version could not be shown.");
+    return;
+  }
+  enhanceTranscript(transcript);
+  const picked = document.getElementById(`message-${messageId}`);
+  if (picked) {
+    document.scrollingElement.scrollTop += picked.getBoundingClientRect().top - offset;
+    const step = picked.querySelector(`.version-step[aria-label="${stepButton.getAttribute("aria-label")}"]`);
+    (step && !step.disabled ? step : picked.querySelector(".version-step:not(:disabled)"))?.focus();
+  }
+  announce(`Showing version ${picked?.querySelector(".version-position")?.textContent ?? ""}.`);
+}
+
+/** Edit a message of the user's in place: Send makes the text a new version of it. */
+function editMessage(article) {
+  if (article.querySelector(".message-editor")) return;
+  const body = article.querySelector(".message-body");
+  const editor = document.createElement("form");
+  editor.className = "message-editor";
+  const label = document.createElement("label");
+  label.className = "visually-hidden";
+  label.textContent = "Edit your message";
+  const area = document.createElement("textarea");
+  area.id = `edit-${article.dataset.messageId}`;
+  label.htmlFor = area.id;
+  area.value = article.dataset.source ?? body.textContent;
+  const actions = document.createElement("div");
+  actions.className = "editor-actions";
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.textContent = "Send";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "button-secondary";
+  cancel.textContent = "Cancel";
+  actions.append(save, cancel);
+  editor.append(label, area, actions);
+  body.hidden = true;
+  body.after(editor);
+  const close = () => {
+    editor.remove();
+    body.hidden = false;
+    article.querySelector(".edit-message")?.focus();
+  };
+  cancel.addEventListener("click", close);
+  editor.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      close();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      editor.requestSubmit();
+    }
+  });
+  editor.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = area.value;
+    if (!text.trim() || current) return;
+    send(text, { editOf: article.dataset.messageId, replacing: article });
+  });
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+}
+
+transcript.addEventListener("click", (event) => {
+  const button = event.target.closest(".message-actions button");
+  if (!button || current) return;
+  const article = button.closest(".message");
+  if (button.classList.contains("version-step") && button.dataset.show) {
+    showVersion(button.dataset.show, button);
+  } else if (button.classList.contains("edit-message")) {
+    editMessage(article);
+  } else if (button.classList.contains("regenerate-reply")) {
+    send("", { regenerateOf: article.dataset.messageId, replacing: article });
+  }
 });
 
 enhanceTranscript(transcript);
