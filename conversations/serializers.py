@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .models import Conversation, Message
+from .usage import DayUsage, UsageSummary, UsageTotals, iso_utc
 
 
 def isoformat_or_none(value) -> str | None:
@@ -50,4 +51,39 @@ def conversation_detail(conversation: Conversation, messages: list[Message]) -> 
         "system_prompt": conversation.system_prompt,
         "message_count": len(messages),
         "messages": [message_detail(message) for message in messages],
+    }
+
+
+def usage_totals(totals: UsageTotals) -> dict:
+    return {
+        "prompt_tokens": totals.prompt_tokens,
+        "completion_tokens": totals.completion_tokens,
+        "total_tokens": totals.total_tokens,
+        "replies": totals.replies,
+        "estimated_tokens": totals.estimated_tokens,
+    }
+
+
+def day_usage(day: DayUsage) -> dict:
+    return {
+        "day": day.day.isoformat(),
+        **usage_totals(day.totals),
+        "models": [{"model": name, **usage_totals(t)} for name, t in sorted(day.models.items())],
+    }
+
+
+def usage_summary(summary: UsageSummary) -> dict:
+    standing = summary.standing
+    days = [day_usage(day) for day in summary.days]
+    return {
+        "today": days[0],
+        "quota": {
+            "daily_tokens": standing.quota,
+            "source": standing.source,
+            "used": standing.used,
+            "remaining": standing.remaining,
+            "exceeded": standing.exceeded,
+            "resets_at": iso_utc(standing.resets_at),
+        },
+        "days": days,
     }
