@@ -11,6 +11,7 @@ import httpx
 import pytest
 from django.conf import settings
 from django.db.models import F
+from django.test import Client as DjangoClient
 
 from conversations import usage
 from conversations.models import Conversation, Message, UsageDay, UserQuota
@@ -19,6 +20,7 @@ from conversations.tokens import api_token_create
 from conversations.usage import ReplyUsage, quota_acheck
 from tests.conftest import session_client
 from tests.loops import run_in_new_loop
+from tests.test_admin import count_queries
 
 SITE_QUOTA = 100
 
@@ -339,3 +341,21 @@ def test_the_quota_check_costs_no_query_without_a_quota_and_one_read_with_one(
         assert run_in_new_loop(check(plain, 2)) == {"loads": 1, "reads": 4}
     finally:
         usage.quota_overrides.cache_clear()
+
+
+def test_the_usage_list_runs_a_fixed_number_of_queries(staff, make_user):
+    client = DjangoClient()
+    client.force_login(staff)
+
+    def add(count: int) -> None:
+        for index in range(count):
+            owner = make_user(f"user{UsageDay.objects.count()}-{index}")
+            for model in ("m1", "m2"):
+                UsageDay.objects.create(user=owner, day=today(), model=model, prompt_tokens=1)
+
+    add(2)
+    few = count_queries(client, "/admin/conversations/usageday/")
+    add(20)
+    many = count_queries(client, "/admin/conversations/usageday/")
+
+    assert few == many
