@@ -262,6 +262,14 @@ CHAT_STREAMS_PER_USER = env_number("CHAT_STREAMS_PER_USER", 10)
 CHAT_STREAM_QUEUE_LENGTH = env_number("CHAT_STREAM_QUEUE_LENGTH", 20)
 CHAT_STREAM_QUEUE_WAIT_SECONDS = env_number("CHAT_STREAM_QUEUE_WAIT_SECONDS", 10.0, float)
 CHAT_TRUSTED_PROXIES = env_list("CHAT_TRUSTED_PROXIES", [])
+# Tokens (prompt and completion, as the upstream counts them or estimated) a user may use per
+# UTC day; at or over it a new reply gets 429 quota_exceeded. 0: no quota. A user's own quota
+# (admin, "daily token quotas") replaces it; which users have one is kept in each process and
+# re-read this often (an override saved through the admin counts at once in that process).
+CHAT_DAILY_TOKEN_QUOTA = env_number("CHAT_DAILY_TOKEN_QUOTA", 0)
+CHAT_QUOTA_OVERRIDES_CACHE_SECONDS = env_number("CHAT_QUOTA_OVERRIDES_CACHE_SECONDS", 30.0, float)
+if CHAT_DAILY_TOKEN_QUOTA < 0:
+    raise ImproperlyConfigured("CHAT_DAILY_TOKEN_QUOTA must be 0 (no quota) or more")
 # With REDIS_URL: how often a process vouches in Redis for the replies it produces (a reply
 # whose producer stopped vouching for three beats may be marked interrupted).
 CHAT_HEARTBEAT_SECONDS = env_number("CHAT_HEARTBEAT_SECONDS", 5.0, float)

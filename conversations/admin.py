@@ -1,10 +1,13 @@
-"""Staff inspect saved exchanges here; they do not rewrite them."""
+"""Staff inspect saved exchanges and token usage here; they do not rewrite them. They set a
+user's own daily token quota."""
 
 from __future__ import annotations
 
 import json
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, F, IntegerField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
@@ -14,7 +17,7 @@ from django.utils.html import format_html
 from .durations import duration_text
 from .exports import conversations_export
 from .markdown import render_markdown
-from .models import ApiToken, Conversation, Message
+from .models import ApiToken, Conversation, Message, UsageDay, UserQuota
 from .tokens import api_token_create, token_digest
 
 
@@ -266,3 +269,77 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"{count} token(s) revoked.")
+
+
+@admin.register(UsageDay)
+class UsageDayAdmin(admin.ModelAdmin):
+    """Tokens per user, model and UTC day, read-only; the list says what the rows shown add
+    up to (filter by user, model or day for their totals)."""
+
+    list_display = [
+        "day", "user", "model", "prompt_tokens", "completion_tokens", "total_tokens", "replies",
+        "estimated_tokens",
+    ]  # fmt: skip
+    list_select_related = ["user"]
+    list_filter = [("user", admin.RelatedOnlyFieldListFilter), "model", "day"]
+    search_fields = ["user__username", "model"]
+    date_hierarchy = "day"
+
+    def get_queryset(self, request: HttpRequest):
+        total = F("prompt_tokens") + F("completion_tokens")
+        return super().get_queryset(request).annotate(total=total)
+
+    @admin.display(ordering="total", description="total tokens")
+    def total_tokens(self, usage: UsageDay) -> int:
+        return usage.total
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context is not None and "cl" in context:
+            context["usage_totals"] = (
+                context["cl"]
+                .queryset.order_by()
+                .aggregate(
+                    prompt=Coalesce(Sum("prompt_tokens"), 0),
+                    completion=Coalesce(Sum("completion_tokens"), 0),
+                    replies=Coalesce(Sum("replies"), 0),
+                    estimated=Coalesce(Sum("estimated_tokens"), 0),
+                )
+            )
+        return response
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(UserQuota)
+class UserQuotaAdmin(admin.ModelAdmin):
+    list_display = ["user", "daily_tokens"]
+    list_select_related = ["user"]
+    search_fields = ["user__username"]
+    autocomplete_fields = ["user"]
+
+
+class UserQuotaInline(admin.StackedInline):
+    model = UserQuota
+    can_delete = True
+    extra = 0
+    max_num = 1
+    verbose_name_plural = "daily token quota (leave none for the site's CHAT_DAILY_TOKEN_QUOTA)"
+
+
+class UserWithQuotaAdmin(UserAdmin):
+    """Django's user admin, with the user's own daily token quota."""
+
+    inlines = [*UserAdmin.inlines, UserQuotaInline]
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), UserWithQuotaAdmin)

@@ -243,6 +243,12 @@ def pagination_from_query(query: QueryDict, *, max_page_size: int = 100) -> tupl
     )
 
 
+def usage_days_from_query(query: QueryDict, *, maximum: int, default: int = 7) -> int:
+    """How many days of usage to report (today included), or a 400 naming ``days``."""
+    days = query.get("days", "")
+    return positive_integer(days, "days", maximum=maximum) if days else default
+
+
 MAX_SEARCH_CHARS = 200
 
 

@@ -142,3 +142,61 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class UsageDay(models.Model):
+    """The tokens one user's replies used with one model on one UTC day: one row, added to
+    once per finished reply (never per token)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_days"
+    )
+    day = models.DateField(help_text="The UTC date the replies ended on.")
+    model = models.CharField(max_length=200)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    replies = models.PositiveIntegerField(default=0, help_text="Replies that ended this day.")
+    estimated_replies = models.PositiveIntegerField(
+        default=0, help_text="Replies whose usage the upstream did not report (estimated)."
+    )
+    estimated_tokens = models.PositiveBigIntegerField(
+        default=0,
+        help_text="How many of the prompt and completion tokens are estimates, not the "
+        "upstream's count.",
+    )
+
+    class Meta:
+        ordering = ["-day", "user", "model"]
+        verbose_name = "usage (user, model, day)"
+        verbose_name_plural = "usage"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "day", "model"], name="usage_day_user_model")
+        ]
+        indexes = [models.Index(fields=["-day"], name="usage_day_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.day} {self.model}: {self.total_tokens} tokens"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class UserQuota(models.Model):
+    """A user's own daily token quota, in place of CHAT_DAILY_TOKEN_QUOTA."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_quota"
+    )
+    daily_tokens = models.PositiveBigIntegerField(
+        help_text="Tokens (prompt and completion) this user may use per UTC day, in place of "
+        "the site's CHAT_DAILY_TOKEN_QUOTA. 0: no limit for this user."
+    )
+
+    class Meta:
+        ordering = ["user"]
+        verbose_name = "daily token quota"
+
+    def __str__(self) -> str:
+        limit = "no limit" if not self.daily_tokens else f"{self.daily_tokens} tokens a day"
+        return f"{self.user}: {limit}"

@@ -51,8 +51,11 @@ STREAM_ERRORS = {
                   "(`message_not_found`)."),
     "405": _error("Method not allowed."),
     **COMMON_ERRORS,
-    "429": _error("Over the rate limit, or too many concurrent streams (`too_many_streams`): "
-                  "the queue was full or no slot freed in time. `Retry-After` is set."),
+    "429": _error("Over the rate limit; too many concurrent streams (`too_many_streams`): "
+                  "the queue was full or no slot freed in time; or the caller's daily token "
+                  "quota is used up (`quota_exceeded`, with `quota`, `used` and `resets_at`, "
+                  "the next midnight UTC; the model was not called and nothing was saved). "
+                  "`Retry-After` is set."),
 }  # fmt: skip
 
 
@@ -295,6 +298,35 @@ def openapi_document() -> dict:
                     },
                 }
             },
+            "/api/usage": {
+                "get": {
+                    "summary": "The caller's token usage per UTC day and model, and the quota",
+                    "description": "Tokens as the upstream counted them; where it did not, "
+                    "estimated (`estimated_tokens` says how many): the completion as the number "
+                    "of text deltas, the prompt as its characters / 4. Only the caller's own.",
+                    "parameters": [
+                        {
+                            "name": "days",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 90,
+                                "default": 7,
+                            },
+                            "description": "How many days, today included (newest first).",
+                        }
+                    ],  # fmt: skip
+                    "responses": {
+                        "200": {
+                            "description": "The usage and the quota.",
+                            "content": {"application/json": {"schema": _ref("Usage")}},
+                        },
+                        "400": _error("`days` is not an integer from 1 to 90."),
+                        **COMMON_ERRORS,
+                    },
+                }
+            },
             "/api/messages/{message_id}/cancel": {
                 "parameters": [message_id],
                 "post": {
@@ -526,6 +558,69 @@ def _schemas(limits: dict) -> dict:
                     },
                 },
             ]
+        },
+        "UsageTotals": {
+            "type": "object",
+            "properties": {
+                "prompt_tokens": {"type": "integer"},
+                "completion_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+                "replies": {"type": "integer"},
+                "estimated_tokens": {
+                    "type": "integer",
+                    "description": "How many of the tokens are estimates: the upstream did "
+                    "not report them.",
+                },
+            },
+        },
+        "UsageDay": {
+            "allOf": [
+                _ref("UsageTotals"),
+                {
+                    "type": "object",
+                    "properties": {
+                        "day": {"type": "string", "format": "date"},
+                        "models": {
+                            "type": "array",
+                            "items": {
+                                "allOf": [
+                                    _ref("UsageTotals"),
+                                    {"type": "object", "properties": {"model": text}},
+                                ]
+                            },
+                        },
+                    },
+                },
+            ]
+        },
+        "Usage": {
+            "type": "object",
+            "properties": {
+                "today": _ref("UsageDay"),
+                "quota": {
+                    "type": "object",
+                    "properties": {
+                        "daily_tokens": {
+                            "type": ["integer", "null"],
+                            "description": "Tokens (prompt and completion) per UTC day; "
+                            "null: no limit.",
+                        },
+                        "source": {
+                            "enum": ["site", "user", None],
+                            "description": "`site`: CHAT_DAILY_TOKEN_QUOTA; `user`: the "
+                            "caller's own.",
+                        },
+                        "used": {"type": "integer"},
+                        "remaining": nullable_int,
+                        "exceeded": {
+                            "type": "boolean",
+                            "description": "New replies get 429 `quota_exceeded` until reset.",
+                        },
+                        "resets_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "days": {"type": "array", "items": _ref("UsageDay")},
+            },
         },
         "ConversationPage": {
             "type": "object",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .models import Conversation, Message
+from .usage import DayUsage, UsageSummary, UsageTotals, iso_utc
 from .versions import Tree
 
 
@@ -56,4 +57,39 @@ def conversation_detail(conversation: Conversation, messages: list[Message]) -> 
         "message_count": len(messages),
         "messages": [message_detail(message) for message in messages],
         "current_path": [message.pk for message in path],
+    }
+
+
+def usage_totals(totals: UsageTotals) -> dict:
+    return {
+        "prompt_tokens": totals.prompt_tokens,
+        "completion_tokens": totals.completion_tokens,
+        "total_tokens": totals.total_tokens,
+        "replies": totals.replies,
+        "estimated_tokens": totals.estimated_tokens,
+    }
+
+
+def day_usage(day: DayUsage) -> dict:
+    return {
+        "day": day.day.isoformat(),
+        **usage_totals(day.totals),
+        "models": [{"model": name, **usage_totals(t)} for name, t in sorted(day.models.items())],
+    }
+
+
+def usage_summary(summary: UsageSummary) -> dict:
+    standing = summary.standing
+    days = [day_usage(day) for day in summary.days]
+    return {
+        "today": days[0],
+        "quota": {
+            "daily_tokens": standing.quota,
+            "source": standing.source,
+            "used": standing.used,
+            "remaining": standing.remaining,
+            "exceeded": standing.exceeded,
+            "resets_at": iso_utc(standing.resets_at),
+        },
+        "days": days,
     }

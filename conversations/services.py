@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from . import statements
 from .errors import Conflict, Invalid, NotFound
-from .models import Conversation, Message
+from .models import Conversation, Message, UsageDay
 from .providers import ChatMessage
+from .usage import ReplyUsage, utc_day
 from .versions import Tree
 
 logger = logging.getLogger(__name__)
@@ -378,15 +379,23 @@ def message_finalize(
     error_code: str = "",
     error_message: str = "",
     attach_count: int = 0,
+    user_id: int | None = None,
+    model: str = "",
+    usage: ReplyUsage | None = None,
 ) -> bool:
     """Close a streaming reply exactly once; returns False if something else already closed it.
+    Given a ``usage`` (and the ``user_id`` and ``model`` it is counted for), it is added to the
+    user's usage of that model today, once, with the reply's save.
 
-    On PostgreSQL the reply and its conversation's last activity are saved in one statement.
-    Elsewhere the reply's conditional UPDATE is what counts and the conversation's last activity
-    follows in a statement of its own, not a transaction: should that one fail, it is logged and
-    only the conversation's activity time is stale.
+    On PostgreSQL the reply, its conversation's last activity and the usage are saved in one
+    statement. Elsewhere the reply's conditional UPDATE is what counts and the conversation's
+    last activity and the usage follow in statements of their own, not a transaction: should
+    one fail, it is logged and only the activity time or the usage is stale.
     """
     now = timezone.now()
+    addition = None
+    if usage is not None and user_id is not None:
+        addition = usage_addition(user_id, model, utc_day(now), usage)
     result = {
         "status": status,
         "content": content,
@@ -403,7 +412,7 @@ def message_finalize(
     where = {"id": message_id, "status": Message.Status.STREAMING}
     if connection.vendor == "postgresql":
         updated = statements.update_with_parent(
-            Message, result, where, "conversation", {"updated_at": now}
+            Message, result, where, "conversation", {"updated_at": now}, addition=addition
         )
         return _finalised(updated, message_id, status)
     if not _finalised(statements.update_rows(Message, result, where), message_id, status):
@@ -412,7 +421,27 @@ def message_finalize(
         statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
     except DatabaseError:
         logger.exception("reply %s saved, but not its conversation's last activity", message_id)
+    if addition is not None:
+        try:
+            statements.add_to_row(addition)
+        except DatabaseError:
+            logger.exception("reply %s saved, but not counted in its user's usage", message_id)
     return True
+
+
+def usage_addition(user_id: int, model: str, day: date, usage: ReplyUsage) -> statements.Addition:
+    """One reply's usage, added to its user's row for the model and the day."""
+    return statements.Addition(
+        UsageDay,
+        keys={"user": user_id, "day": day, "model": model},
+        amounts={
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "replies": 1,
+            "estimated_replies": int(usage.estimated),
+            "estimated_tokens": usage.estimated_tokens,
+        },
+    )
 
 
 def _finalised(updated: int, message_id: int, status: str) -> bool:

@@ -10,11 +10,14 @@ statement (a data-modifying WITH): one round trip, and no transaction to open an
 ``insert_chain`` (and ``insert_with_children`` given a ``chain`` field) writes rows that each
 point to the one before: on PostgreSQL the keys are drawn from the table's sequence inside the
 statement, so that too is one statement.
+``add_to_row`` adds amounts to a counter row, inserting it if missing (``INSERT … ON CONFLICT
+DO UPDATE``, which both databases have); ``update_with_parent`` can do that in its statement too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 from django.db import connection, transaction
@@ -232,11 +235,60 @@ def _insert_chain_sql(
     )
 
 
+@dataclass(frozen=True)
+class Addition:
+    """Amounts to add to the row of ``model`` that ``keys`` name (one unique constraint holds
+    exactly those fields), inserting it with the amounts if there is none."""
+
+    model: type[Model]
+    keys: dict
+    amounts: dict
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.keys, *self.amounts)
+
+    def params(self) -> list:
+        return _prepared(self.model, self.names, [*self.keys.values(), *self.amounts.values()])
+
+
+def add_to_row(addition: Addition) -> None:
+    """``INSERT`` the row, or add the amounts to the columns of the one already there."""
+    model, keys, amounts = addition.model, tuple(addition.keys), tuple(addition.amounts)
+    with connection.cursor() as cursor:
+        cursor.execute(_add_to_row_sql(model, keys, amounts), addition.params())
+
+
+@cache
+def _add_to_row_sql(model: type[Model], keys: tuple[str, ...], amounts: tuple[str, ...]) -> str:
+    _, columns = _columns(model, keys + amounts)
+    values = ", ".join(["%s"] * len(columns))
+    return (
+        f"INSERT INTO {_table(model)} ({', '.join(columns)}) VALUES ({values}) "
+        f"{_on_conflict_add(model, keys, amounts)}"
+    )
+
+
+def _on_conflict_add(model: type[Model], keys: tuple[str, ...], amounts: tuple[str, ...]) -> str:
+    _, key_columns = _columns(model, keys)
+    _, amount_columns = _columns(model, amounts)
+    table = _table(model)
+    sums = ", ".join(f"{col} = {table}.{col} + EXCLUDED.{col}" for col in amount_columns)
+    return f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {sums}"
+
+
 def update_with_parent(
-    model: type[Model], values: dict, where: dict, link: str, parent_values: dict
+    model: type[Model],
+    values: dict,
+    where: dict,
+    link: str,
+    parent_values: dict,
+    *,
+    addition: Addition | None = None,
 ) -> int:
     """PostgreSQL: update_rows, and in the same statement set ``parent_values`` on the rows
-    the updated ones point to through ``link``; how many ``model`` rows were updated."""
+    the updated ones point to through ``link`` and, given an ``addition``, add to its row, once
+    if a row was updated and not at all if none was; how many ``model`` rows were updated."""
     names, keys, parent_names = tuple(values), tuple(where), tuple(parent_values)
     link = model._meta.get_field(link)
     params = (
@@ -244,8 +296,13 @@ def update_with_parent(
         + _prepared(model, keys, where.values())
         + _prepared(link.related_model, parent_names, parent_values.values())
     )
+    added = None
+    if addition is not None:
+        added = (addition.model, tuple(addition.keys), tuple(addition.amounts))
+        params += addition.params()
     with connection.cursor() as cursor:
-        cursor.execute(_update_with_parent_sql(model, names, keys, link.name, parent_names), params)
+        sql = _update_with_parent_sql(model, names, keys, link.name, parent_names, added)
+        cursor.execute(sql, params)
         [(updated,)] = cursor.fetchall()
     return updated
 
@@ -257,17 +314,28 @@ def _update_with_parent_sql(
     keys: tuple[str, ...],
     link: str,
     parent_names: tuple[str, ...],
+    added: tuple[type[Model], tuple[str, ...], tuple[str, ...]] | None = None,
 ) -> str:
     link = model._meta.get_field(link)
     parent = link.related_model
     quote = connection.ops.quote_name
     _, parent_columns = _columns(parent, parent_names)
     assignments = ", ".join(f"{column} = %s" for column in parent_columns)
+    addition = ""
+    if added is not None:
+        counter, counter_keys, amounts = added
+        fields, columns = _columns(counter, counter_keys + amounts)
+        # Typed, as a SELECT list gives its parameters no type of their own to take.
+        typed = ", ".join(f"CAST(%s AS {field.cast_db_type(connection)})" for field in fields)
+        addition = (
+            f", added AS (INSERT INTO {_table(counter)} ({', '.join(columns)}) "
+            f"SELECT {typed} FROM updated {_on_conflict_add(counter, counter_keys, amounts)})"
+        )
     return (
         f"WITH updated AS ({update_sql(model, names, keys)} RETURNING {quote(link.column)}), "
         f"parent AS (UPDATE {_table(parent)} SET {assignments} "
-        f"WHERE {quote(parent._meta.pk.column)} IN (SELECT {quote(link.column)} FROM updated)) "
-        f"SELECT count(*) FROM updated"
+        f"WHERE {quote(parent._meta.pk.column)} IN (SELECT {quote(link.column)} FROM updated))"
+        f"{addition} SELECT count(*) FROM updated"
     )
 
 

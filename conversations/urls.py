@@ -42,5 +42,6 @@ urlpatterns = [
     path("api/messages/<id:message_id>/stream", views.message_stream, name="api-message-stream"),
     path("api/messages/<id:message_id>/show", views.message_show, name="api-message-show"),
     path("api/models", views.model_list, name="api-model-list"),
+    path("api/usage", views.usage, name="api-usage"),
     path("api/openapi.json", views.openapi_json, name="api-openapi"),
 ]

@@ -32,6 +32,7 @@ from .inputs import (
     pagination_from_query,
     position_from_query,
     search_query_from,
+    usage_days_from_query,
 )
 from .models import Conversation
 from .openapi import openapi_document
@@ -59,10 +60,11 @@ from .selectors import (
     message_get_for_user,
     message_version,
 )
-from .serializers import conversation_detail, conversation_summary
+from .serializers import conversation_detail, conversation_summary, usage_summary
 from .services import conversation_arename, conversation_ashow_version
 from .sse import EventStreamResponse
 from .streams import JsonFramer, QueryFramer, ReplyFrames, saved_reply_frames
+from .usage import MAX_USAGE_DAYS, usage_asummary
 
 
 @login_required
@@ -247,6 +249,15 @@ async def model_list(request: HttpRequest) -> HttpResponse:
     """The models a caller may ask for, the default first."""
     models = await model_choice_aget()
     return JsonResponse({"default": models.default, "models": list(models.names)})
+
+
+@api_view("GET")
+async def usage(request: HttpRequest) -> HttpResponse:
+    """The caller's token usage over the last ``days`` UTC days, per day and model, and their
+    daily quota: how much is left and when it resets."""
+    days = usage_days_from_query(request.GET, maximum=MAX_USAGE_DAYS)
+    summary = await usage_asummary(user=request.api_user, days=days)
+    return JsonResponse(usage_summary(summary))
 
 
 @api_view("POST")

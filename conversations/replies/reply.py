@@ -28,6 +28,7 @@ from ..services import (
     message_afinalize,
 )
 from ..storable import storable
+from ..usage import prompt_chars, reply_usage
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class Reply:
         self._finalising = False
         self._saved: asyncio.Future[bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._prompt_chars = 0
+        """The prompt's length, to estimate its tokens if the upstream does not count them."""
 
     # -- the producing side ---------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class Reply:
         """Send the prompt upstream (to ``model``, default the provider's); the rows may be
         bound later, before the reply is saved."""
         self.model = model or self.provider.model
+        self._prompt_chars = prompt_chars(prompt)
         loop = self._loop = asyncio.get_running_loop()
         self._last_news = loop.time()
         self._saved = loop.create_future()
@@ -284,6 +288,14 @@ class Reply:
             error_code=finished.error_code,
             error_message=finished.error_message,
             attach_count=self.attaches,
+            user_id=self.owner_id,
+            model=self.model,
+            usage=reply_usage(
+                reported_prompt_tokens=outcome.prompt_tokens,
+                reported_completion_tokens=outcome.completion_tokens,
+                prompt_chars=self._prompt_chars,
+                deltas=len(parts),
+            ),
         )
         reported = outcome.completion_tokens
         logger.info(

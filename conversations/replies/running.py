@@ -28,6 +28,7 @@ from ..services import (
     new_conversation_prompt,
     reply_aopen,
 )
+from ..usage import quota_acheck
 from .heartbeats import replies_alive, reply_announce
 from .remote import mirror_running, reply_akeep_for_resume
 from .reply import Reply
@@ -43,11 +44,12 @@ ENDED: OrderedDict[int, tuple[float, Reply]] = OrderedDict()
 
 
 async def reply_astart(*, user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
-    """Check the model asked for (Invalid ``model_not_allowed``), take one of the user's stream
-    slots (held until the reply ends), save the user's message, open the assistant's, and
-    start the reply."""
+    """Check the model asked for (Invalid ``model_not_allowed``) and the user's daily token
+    quota (Busy ``quota_exceeded``), take one of the user's stream slots (held until the reply
+    ends), save the user's message, open the assistant's, and start the reply."""
     models = await model_choice_aget()
     models.check(chat_request.model)
+    await quota_acheck(user=user)
     slot = await stream_slots().acquire(f"user:{user.pk}")
     try:
         reply = await _astart(user, chat_request, models)
