@@ -45,7 +45,9 @@ run: install
 
 # Production: settings come from the environment (see README, "Serving in production"); the
 # deploy checks print their warnings, static files are collected, migrations applied, then
-# WEB_CONCURRENCY workers (2 by default; more than one needs REDIS_URL) serve on HOST:PORT.
+# WEB_CONCURRENCY workers (2 by default; more than one needs REDIS_URL) serve on HOST:PORT. With
+# several workers the launcher gives them a fresh directory for their metrics (/metrics adds them
+# up), removed when the server stops; PROMETHEUS_MULTIPROC_DIR names one to use instead.
 serve: export DJANGO_DEBUG = 0
 serve: install
 	$(BIN)/python manage.py check --deploy

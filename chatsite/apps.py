@@ -9,3 +9,7 @@ class ChatsiteConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registering is importing (Django's usual place)
+        from .lifecycle import run_at_shutdown
+        from .metrics import aprocess_stopping
+
+        run_at_shutdown(aprocess_stopping)

@@ -45,12 +45,15 @@ class Handling:
 CURRENT: contextvars.ContextVar[Handling] = contextvars.ContextVar("handling")
 
 
-def run_after_request(callback: AfterRequest) -> None:
-    """Await ``callback`` once this request has been handled. Outside ChatASGIHandler (Django's
-    test client, which consumes every response it is given) this does nothing."""
+def run_after_request(callback: AfterRequest) -> bool:
+    """Await ``callback`` once this request has been handled (and True). Outside
+    ChatASGIHandler (Django's test client, which consumes every response it is given) this
+    does nothing (and False)."""
     handling = CURRENT.get(None)
-    if handling is not None:
-        handling.after.append(callback)
+    if handling is None:
+        return False
+    handling.after.append(callback)
+    return True
 
 
 AtShutdown = Callable[[], Awaitable[None]]

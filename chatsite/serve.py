@@ -6,6 +6,12 @@ with ``chatsite.http_protocol.CappedHttpToolsProtocol``, which answers 431 to a 
 over ``CHAT_MAX_HEADER_BYTES``. Other ``--http`` choices (h11, which has its own
 ``--h11-max-incomplete-event-size``) are left as they are.
 
+With several workers (``--workers``, ``WEB_CONCURRENCY``) and metrics on (``CHAT_METRICS``),
+the launcher also gives the workers a directory for their metrics (``PROMETHEUS_MULTIPROC_DIR``,
+prometheus_client's multi-process mode, so that ``/metrics`` adds every worker up): a fresh
+temporary one for the run, removed when the server stops; or the one the variable names,
+emptied of the last run's files first and left in place.
+
 How: a click command with uvicorn's own parameters whose callback swaps the ``http`` value for
 the class before calling uvicorn's. The class, not an import string, reaches ``uvicorn.Config``
 (``http`` accepts a protocol class), so it travels to the processes ``--workers N`` and
@@ -22,11 +28,15 @@ stops it instead, as a malformed setting does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import runpy
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -34,12 +44,16 @@ from uvicorn.main import main as uvicorn_command
 
 CAPPED_CHOICES = ("auto", "httptools")
 SHUTDOWN_GRACE_ENV_NAME = "CHAT_SHUTDOWN_GRACE_SECONDS"
+METRICS_ENV_NAME = "CHAT_METRICS"
+METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's own variable: set, it keeps each process's metrics in files there."""
 
 # Its own handler: the launcher logs before uvicorn (or Django) has configured logging.
 logger = logging.getLogger("chatsite.serve")
 _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("%(levelname)s:  %(message)s"))
 logger.addHandler(_handler)
+logger.setLevel(logging.INFO)
 logger.propagate = False
 
 
@@ -79,12 +93,48 @@ def check_shared_state(workers: int | None, env_file: str | None) -> None:
     """Refuse several workers without REDIS_URL: each would keep its own limits, stream slots,
     stops and resumable replies, and nothing would say so."""
     environ = environment(env_file)
-    count = workers or int(environ.get("WEB_CONCURRENCY") or 1)
+    count = worker_count(workers, environ)
     if count > 1 and not environ.get("REDIS_URL"):
         raise click.ClickException(
             f"{count} workers need REDIS_URL: without Redis each worker would keep its own rate "
             "limits, stream slots, stops and resumable replies. Set REDIS_URL, or run one worker."
         )
+
+
+def worker_count(workers: int | None, environ: dict[str, str]) -> int:
+    return workers or int(environ.get("WEB_CONCURRENCY") or 1)
+
+
+@contextlib.contextmanager
+def metrics_directory(workers: int | None, env_file: str | None) -> Iterator[Path | None]:
+    """While serving, the directory where the workers keep their metrics (set for them as
+    PROMETHEUS_MULTIPROC_DIR), or None with one worker or with metrics off: an operator's
+    (created if missing, emptied of ``*.db`` files from an earlier run, kept), else a fresh
+    temporary one, removed when the server stops."""
+    environ = environment(env_file)
+    given = environ.get(METRICS_DIRECTORY, "").strip()
+    os.environ.pop(METRICS_DIRECTORY, None)  # set again below only if it is used
+    metrics_on = environ.get(METRICS_ENV_NAME, "1").strip().lower() not in OFF
+    if not metrics_on or (worker_count(workers, environ) <= 1 and not given):
+        yield None
+        return
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="chatsite-metrics-"))
+    os.environ[METRICS_DIRECTORY] = str(directory)
+    logger.info("Workers keep their metrics in %s", directory)
+    try:
+        yield directory
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+OFF = {"0", "false", "no", "off"}
 
 
 def shutdown_grace(env_file: str | None) -> int:
@@ -126,7 +176,8 @@ def build_command(stock: click.Command | None = None) -> click.Command:
             else:
                 check_limit(params.get("env_file"))
                 params["http"] = protocol
-        return callback(**params)
+        with metrics_directory(params.get("workers"), params.get("env_file")):
+            return callback(**params)
 
     return click.Command(
         name=stock.name,

@@ -6,6 +6,7 @@ provider); production values fail fast when they are missing. ``.env.example`` l
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -46,6 +47,18 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None or value.strip() == "":
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def networks(name: str, values: list[str]) -> list[str]:
+    """``values`` if each is an IP network (a CIDR, or one address); else the site refuses to
+    start, naming the setting."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            message = f"{name} must list networks (CIDRs), not {value!r}"
+            raise ImproperlyConfigured(message) from None
+    return values
 
 
 def database_from_url(url: str) -> dict:
@@ -279,6 +292,13 @@ CHAT_READY_TIMEOUT_SECONDS = env_number("CHAT_READY_TIMEOUT_SECONDS", 2.0, float
 CHAT_DETACH_GRACE_SECONDS = env_number("CHAT_DETACH_GRACE_SECONDS", 10.0, float)
 # How long an ended reply's tokens are kept for clients that resume it frame for frame.
 CHAT_REPLY_RETENTION_SECONDS = env_number("CHAT_REPLY_RETENTION_SECONDS", 60.0, float)
+# GET /metrics (chatsite.metrics): Prometheus's text format, on by default. Served to clients in
+# these networks (the client as CHAT_TRUSTED_PROXIES reveal it) or presenting this bearer token.
+CHAT_METRICS = env_bool("CHAT_METRICS", default=True)
+CHAT_METRICS_ALLOWED = networks(
+    "CHAT_METRICS_ALLOWED", env_list("CHAT_METRICS_ALLOWED", ["127.0.0.0/8", "::1/128"])
+)
+CHAT_METRICS_TOKEN = env_str("CHAT_METRICS_TOKEN")
 # X-Forwarded-Proto: https marks a request as HTTPS, but only from CHAT_TRUSTED_PROXIES: the
 # security middleware drops the header from anyone else (chatsite.middleware).
 if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):

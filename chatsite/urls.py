@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 
 from chatsite.health import healthz, readyz
+from chatsite.metrics import metrics
 from conversations.views import admin_sign_in, sign_in
 
 
@@ -18,6 +19,7 @@ async def favicon(request: HttpRequest) -> HttpResponseRedirect:
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("favicon.ico", favicon),
     # Ahead of the admin's and Django's auth URLs: the same sign-in views, their POSTs counted
     # together (conversations.attempts).

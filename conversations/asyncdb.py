@@ -66,6 +66,17 @@ async def pool() -> AsyncConnectionPool:
     return await opening
 
 
+def pools_stats() -> dict[str, int]:
+    """psycopg_pool's own figures (``get_stats``: open, idle, waiting…) for this process's
+    opened pools, added up; read without I/O, for /metrics (``chatsite.metrics``)."""
+    total: dict[str, int] = {}
+    for opening in list(_pools.values()):
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            for name, value in opening.result().get_stats().items():
+                total[name] = total.get(name, 0) + value
+    return total
+
+
 async def fetchall(sql: str, params: Sequence) -> list[tuple]:
     """Run one statement (autocommit: it is its own transaction) and return its rows.
 

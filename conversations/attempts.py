@@ -27,6 +27,8 @@ from django_ratelimit.decorators import ratelimit
 from django_ratelimit.exceptions import Ratelimited
 from redis.exceptions import RedisError
 
+from chatsite import metrics
+
 from .limits import Rate, client_ip
 
 logger = logging.getLogger(__name__)
@@ -127,6 +129,7 @@ def wait_text(seconds: int) -> str:
 
 
 def too_many_attempts(request: HttpRequest, *, retry_after: int) -> HttpResponse:
+    metrics.request_refused(status=429, reason="too_many_attempts")
     response = render(request, "429.html", {"wait": wait_text(retry_after)}, status=429)
     response["Retry-After"] = str(retry_after)
     add_never_cache_headers(response)
@@ -134,6 +137,7 @@ def too_many_attempts(request: HttpRequest, *, retry_after: int) -> HttpResponse
 
 
 def attempts_uncountable(request: HttpRequest) -> HttpResponse:
+    metrics.request_refused(status=503, reason="attempts_uncountable")
     reason = "The site cannot check sign-in attempts right now, so this one was not tried."
     response = render(request, "503.html", {"reason": reason}, status=503)
     response["Retry-After"] = "5"

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from chatsite import metrics
+
 from .auth import api_auser
 from .errors import (
     ApiError,
@@ -56,9 +58,9 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                 raise_if_exceeded(window)
                 response = await view(request, *args, **kwargs)
             except DomainError as error:
-                response = api_error_response(as_api_error(error))
+                response = api_error_failure(as_api_error(error))
             except ApiError as error:
-                response = api_error_response(error)
+                response = api_error_failure(error)
             if window is not None:
                 for name, value in rate_limit_headers(window).items():
                     response.headers.setdefault(name, value)
@@ -86,6 +88,17 @@ def as_api_error(error: DomainError) -> ApiError:
     status = next(code for kind, code in STATUSES.items() if isinstance(error, kind))
     headers = {} if error.retry_after is None else {"Retry-After": str(error.retry_after)}
     return ApiError(status, error.code, error.message, headers=headers, details=error.details)
+
+
+REFUSALS = frozenset({429, 503})
+"""Statuses counted in the metrics as refusals (a limit, a service out of reach)."""
+
+
+def api_error_failure(error: ApiError) -> HttpResponse:
+    """The error's response; a refusal is counted by its code."""
+    if error.status in REFUSALS:
+        metrics.request_refused(status=error.status, reason=error.code)
+    return api_error_response(error)
 
 
 def rate_limit_headers(window: RequestWindow) -> dict[str, str]:

@@ -14,6 +14,7 @@ from django.template.loader import render_to_string
 from django.views import defaults
 from django.views.csrf import csrf_failure as default_csrf_failure
 
+from chatsite import metrics
 from chatsite.lifecycle import run_after_request
 
 from . import outages
@@ -34,7 +35,7 @@ from .inputs import (
     search_query_from,
     usage_days_from_query,
 )
-from .models import Conversation
+from .models import Conversation, Message
 from .openapi import openapi_document
 from .outages import is_database_unavailable
 from .replies import (
@@ -144,7 +145,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     )
     if fresh:
         return reply_response(reply, JsonFramer(), joining=False)
-    return attached_response(reply, JsonFramer(), after=0)
+    return attached_response(reply, JsonFramer(), after=0, kind="repeat")
 
 
 async def _resume(request: HttpRequest) -> HttpResponse:
@@ -158,7 +159,9 @@ async def _resume(request: HttpRequest) -> HttpResponse:
     resumed = await reply_aresume(user=request.api_user, message_id=message_id, position=position)
     if resumed is None:
         return HttpResponse(status=204)
-    return attached_response(resumed, QueryFramer(message_id, position), after=position)
+    return attached_response(
+        resumed, QueryFramer(message_id, position), after=position, kind="resume"
+    )
 
 
 def reply_response(
@@ -172,6 +175,7 @@ def event_stream(frames, conversation_id: int, message_id: int) -> EventStreamRe
     """The response carrying ``frames``; their ``aclose`` runs however it ends, even if it
     is never sent."""
     run_after_request(frames.aclose)
+    metrics.stream_track()
     response = EventStreamResponse(frames)
     response["X-Conversation-Id"] = str(conversation_id)
     response["X-Message-Id"] = str(message_id)
@@ -184,14 +188,20 @@ async def message_stream(request: HttpRequest, message_id: int) -> HttpResponse:
     live while it runs, what is left and its final frame once it has ended."""
     after = position_from_query(request.GET, "after")
     attached = await reply_aattach(user=request.api_user, message_id=message_id, after=after)
-    return attached_response(attached, JsonFramer(), after=after)
+    return attached_response(attached, JsonFramer(), after=after, kind="attach")
+
+
+SOURCES = {Reply: "here", RemoteReply: "elsewhere", Message: "saved"}
+"""Where a reply a client attaches to was found, as the metrics name it."""
 
 
 def attached_response(
-    attached: Attachable, framer: QueryFramer | JsonFramer, *, after: int
+    attached: Attachable, framer: QueryFramer | JsonFramer, *, after: int, kind: str
 ) -> EventStreamResponse:
     """A reply's frames past ``after``: live from a reply this process keeps or another
-    produces, or from the saved row of one no longer kept anywhere."""
+    produces, or from the saved row of one no longer kept anywhere. ``kind``: how the client
+    came to it (resume, attach, repeat), for the metrics."""
+    metrics.reply_attached(kind=kind, source=SOURCES[type(attached)])
     if isinstance(attached, Reply):
         return reply_response(attached, framer, position=after)
     if isinstance(attached, RemoteReply):
@@ -308,6 +318,7 @@ def database_unavailable(request: HttpRequest) -> HttpResponse:
     """503 with Retry-After; the page is rendered without the request (its context would
     read the session, from the database)."""
     retry = {"Retry-After": str(outages.RETRY_AFTER_SECONDS)}
+    metrics.request_refused(status=503, reason="database_unavailable")
     if is_api_path(request):
         message = "The database cannot be reached right now; try again shortly."
         return error_response(503, "database_unavailable", message, headers=retry)

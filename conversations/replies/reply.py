@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from chatsite import metrics
+
 from ..models import Message
 from ..providers import ChatMessage, ChatProvider, ProviderError, StreamOutcome
 from ..services import (
@@ -225,6 +227,7 @@ class Reply:
                     self._wake()
         except ProviderError as exc:
             finished = Finished(Message.Status.ERROR, exc.code, exc.message)
+            metrics.upstream_failed(code=exc.code)
         except asyncio.CancelledError:
             finished = INTERRUPTED
             if self._stop_reason is None:
@@ -244,14 +247,23 @@ class Reply:
             ):
                 if timer is not None:
                     timer.cancel()
+            ended: float | None = None
             try:
                 if await self._saved:
-                    await self._finalize(finished, outcome, parts, started, first_token_at)
+                    ended = loop.time()
+                    await self._finalize(finished, outcome, parts, started, first_token_at, ended)
             except Exception:
                 logger.exception("reply %s could not be saved", self.message_id)
                 finished = NOT_SAVED
             finally:
                 self._end(finished)
+                if ended is not None:  # not for a reply discarded before its rows existed
+                    metrics.reply_ended(
+                        status=finished.status,
+                        ttft_seconds=None if first_token_at is None else first_token_at - started,
+                        duration_seconds=ended - started,
+                        tokens=self.token_count,
+                    )
                 for callback in self._on_end:
                     try:
                         await callback()
@@ -273,8 +285,8 @@ class Reply:
         parts: list[str],
         started: float,
         first_token_at: float | None,
+        ended: float,
     ) -> None:
-        ended = asyncio.get_running_loop().time()
         await message_afinalize(
             message_id=self.message_id,
             conversation_id=self.conversation_id,

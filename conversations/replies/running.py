@@ -18,6 +18,8 @@ from collections import OrderedDict
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
+from chatsite import metrics
+
 from ..catalog import ModelChoice, model_choice_aget
 from ..limits import stream_slots
 from ..providers import get_provider
@@ -50,7 +52,11 @@ async def reply_astart(*, user: AbstractBaseUser, chat_request: ChatRequest) -> 
     models = await model_choice_aget()
     models.check(chat_request.model)
     await quota_acheck(user=user)
-    slot = await stream_slots().acquire(f"user:{user.pk}")
+    asked = time.monotonic()
+    try:
+        slot = await stream_slots().acquire(f"user:{user.pk}")
+    finally:
+        metrics.stream_slot_waited(seconds=time.monotonic() - asked)
     try:
         reply = await _astart(user, chat_request, models)
     except BaseException:
