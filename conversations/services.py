@@ -13,7 +13,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from . import statements
+from . import asyncdb, statements
 from .errors import Conflict, Invalid, NotFound
 from .models import Conversation, Message, UsageDay
 from .providers import ChatMessage
@@ -142,29 +142,8 @@ def reply_open(
     """
     now = timezone.now()
     if chat_request.conversation_id is None:
-        model = chat_request.model or default_model
-        conversation = new_conversation(
-            user=user,
-            chat_request=chat_request,
-            model=model,
-            default_system_prompt=default_system_prompt,
-            now=now,
-        )
-        rows = message_rows(chat_request.history, chat_request.message, model)
-        conversation.pk, pks = statements.insert_with_children(
-            Conversation,
-            CONVERSATION_COLUMNS,
-            conversation_values(conversation),
-            Message,
-            MESSAGE_COLUMNS[1:],
-            message_values(rows, now),
-            chain="parent",
-        )
-        statements.as_saved(conversation)
-        messages = saved_messages(conversation, pks, rows, now, parent_id=None)
-        *_, user_message, assistant_message = messages
-        prompt = new_conversation_prompt(chat_request, default_system_prompt)
-        return OpenedReply(conversation, user_message, assistant_message, prompt, model)
+        start = NewConversation.of(user, chat_request, default_model, default_system_prompt, now)
+        return start.opened(statements.insert_with_children(*start.rows(), chain="parent"))
     with transaction.atomic():
         conversation = conversation_lock_for_reply(
             user=user,
@@ -190,6 +169,75 @@ def reply_open(
     assistant_message = messages[-1]
     user_message = messages[0] if len(messages) > 1 else None
     return OpenedReply(conversation, user_message, assistant_message, prompt, model)
+
+
+@dataclass(frozen=True)
+class NewConversation:
+    """A conversation a reply starts, before its rows are written: one statement writes the
+    conversation and its messages (each following the one before)."""
+
+    conversation: Conversation
+    messages: list[MessageRow]
+    prompt: list[ChatMessage]
+    model: str
+    now: datetime
+
+    @classmethod
+    def of(
+        cls,
+        user: AbstractBaseUser,
+        chat_request: ChatRequest,
+        default_model: str,
+        default_system_prompt: str,
+        now: datetime,
+    ) -> NewConversation:
+        model = chat_request.model or default_model
+        conversation = new_conversation(
+            user=user,
+            chat_request=chat_request,
+            model=model,
+            default_system_prompt=default_system_prompt,
+            now=now,
+        )
+        rows = message_rows(chat_request.history, chat_request.message, model)
+        prompt = new_conversation_prompt(chat_request, default_system_prompt)
+        return cls(conversation, rows, prompt, model, now)
+
+    def rows(self) -> tuple:
+        """The arguments of statements.insert_with_children (or its statement's)."""
+        return (
+            Conversation,
+            CONVERSATION_COLUMNS,
+            conversation_values(self.conversation),
+            Message,
+            MESSAGE_COLUMNS[1:],
+            message_values(self.messages, self.now),
+        )
+
+    def opened(self, keys: tuple[int, list[int]]) -> OpenedReply:
+        """The reply opened, given the keys the insert returned."""
+        conversation = self.conversation
+        conversation.pk, pks = keys
+        statements.as_saved(conversation)
+        messages = saved_messages(conversation, pks, self.messages, self.now, parent_id=None)
+        *_, user_message, assistant_message = messages
+        return OpenedReply(conversation, user_message, assistant_message, self.prompt, self.model)
+
+
+async def reply_aopen_new(
+    *,
+    user: AbstractBaseUser,
+    chat_request: ChatRequest,
+    default_model: str,
+    default_system_prompt: str,
+    **_: object,
+) -> OpenedReply:
+    """reply_open for a new conversation on PostgreSQL, on the event loop (``asyncdb``): its
+    one statement needs no thread, and a stream holds none while its rows are written."""
+    now = timezone.now()
+    start = NewConversation.of(user, chat_request, default_model, default_system_prompt, now)
+    sql, params = statements.insert_with_children_statement(*start.rows(), chain="parent")
+    return start.opened(statements.parent_and_children_keys(await asyncdb.fetchall(sql, params)))
 
 
 MIN_STALE_AGE = timedelta(seconds=1)

@@ -20,25 +20,35 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
+
+
+@cache
+def adapter() -> BaseDatabaseWrapper:
+    """A connection object of the default database that never connects: it quotes names and
+    adapts values (``ops``, ``get_db_prep_save``) alike for every thread and task. Statements
+    built on the event loop use it, since Django's ``connection`` there is one object per
+    request's context, built anew for each request."""
+    return connections.create_connection(DEFAULT_DB_ALIAS)
 
 
 @cache
 def _columns(model: type[Model], names: tuple[str, ...]) -> tuple[list, list[str]]:
     fields = [model._meta.get_field(name) for name in names]
-    return fields, [connection.ops.quote_name(field.column) for field in fields]
+    return fields, [adapter().ops.quote_name(field.column) for field in fields]
 
 
 def _table(model: type[Model]) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
+    return adapter().ops.quote_name(model._meta.db_table)
 
 
 @cache
 def _insert_sql(model: type[Model], names: tuple[str, ...], rows: int) -> str:
     _, columns = _columns(model, names)
     row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    pk = connection.ops.quote_name(model._meta.pk.column)
+    pk = adapter().ops.quote_name(model._meta.pk.column)
     return (
         f"INSERT INTO {_table(model)} ({', '.join(columns)}) "
         f"VALUES {', '.join([row] * rows)} RETURNING {pk}"
@@ -146,19 +156,44 @@ def insert_with_children(
             if chain is None:
                 return pk, insert_rows(child, (link.name, *child_names), rows)
             return pk, insert_chain(child, (link.name, *child_names), rows, chain=chain, first=None)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            *insert_with_children_statement(
+                parent, names, values, child, child_names, children, chain=chain
+            )
+        )
+        return parent_and_children_keys(cursor.fetchall())
+
+
+def insert_with_children_statement(
+    parent: type[Model],
+    names: Sequence[str],
+    values: Sequence,
+    child: type[Model],
+    child_names: Sequence[str],
+    children: Sequence[Sequence],
+    *,
+    chain: str | None = None,
+) -> tuple[str, list]:
+    """PostgreSQL: insert_with_children's one statement and its parameters, to run on any
+    connection (``asyncdb``'s, on the event loop); ``parent_and_children_keys`` reads its rows."""
+    (names, (values,)), (child_names, children) = (
+        _completed(parent, tuple(names), [values]),
+        _completed(child, tuple(child_names), children),
+    )
     params = _prepared(parent, names, values)
     for row in children:
         params += _prepared(child, child_names, row)
     if chain is not None:
         params.append(None)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _insert_chain_sql(child, child_names, len(children), chain, (parent, names))
-            if chain is not None
-            else _insert_with_children_sql(parent, names, child, child_names, len(children)),
-            params,
-        )
-        saved = cursor.fetchall()
+        sql = _insert_chain_sql(child, child_names, len(children), chain, (parent, names))
+    else:
+        sql = _insert_with_children_sql(parent, names, child, child_names, len(children))
+    return sql, params
+
+
+def parent_and_children_keys(saved: Sequence[Sequence]) -> tuple[int, list[int]]:
+    """The parent's key and the children's, in order, from insert_with_children's rows."""
     return saved[0][1], sorted(pk for pk, _ in saved)
 
 
@@ -172,7 +207,7 @@ def _insert_with_children_sql(
 ) -> str:
     _, columns = _columns(parent, names)
     _, child_columns = _columns(child, child_names)
-    quote = connection.ops.quote_name
+    quote = adapter().ops.quote_name
     link = quote(_link(child, parent).column)
     aliases = ", ".join(f"v{index}" for index in range(len(child_columns)))
     row = ", ".join(["%s"] * len(child_columns))
@@ -201,7 +236,7 @@ def _insert_chain_sql(
     parameter. With ``parent`` (a model and its columns), its row is inserted first and each
     row points to it: the parameters start with its values."""
     _, columns = _columns(model, names)
-    quote = connection.ops.quote_name
+    quote = adapter().ops.quote_name
     pk = quote(model._meta.pk.column)
     chain_column = quote(model._meta.get_field(chain).column)
     aliases = ", ".join(f"v{index}" for index in range(len(columns)))
@@ -318,7 +353,7 @@ def _update_with_parent_sql(
 ) -> str:
     link = model._meta.get_field(link)
     parent = link.related_model
-    quote = connection.ops.quote_name
+    quote = adapter().ops.quote_name
     _, parent_columns = _columns(parent, parent_names)
     assignments = ", ".join(f"{column} = %s" for column in parent_columns)
     addition = ""
@@ -326,7 +361,7 @@ def _update_with_parent_sql(
         counter, counter_keys, amounts = added
         fields, columns = _columns(counter, counter_keys + amounts)
         # Typed, as a SELECT list gives its parameters no type of their own to take.
-        typed = ", ".join(f"CAST(%s AS {field.cast_db_type(connection)})" for field in fields)
+        typed = ", ".join(f"CAST(%s AS {field.cast_db_type(adapter())})" for field in fields)
         addition = (
             f", added AS (INSERT INTO {_table(counter)} ({', '.join(columns)}) "
             f"SELECT {typed} FROM updated {_on_conflict_add(counter, counter_keys, amounts)})"
@@ -345,14 +380,14 @@ def _link(child: type[Model], parent: type[Model]):
 
 def _prepared(model: type[Model], names: tuple[str, ...], values: Iterable) -> list:
     fields, _ = _columns(model, names)
+    wrapper = adapter()
     return [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(fields, values, strict=True)
+        field.get_db_prep_save(value, wrapper) for field, value in zip(fields, values, strict=True)
     ]
 
 
 def as_saved(instance: Model) -> Model:
     """Mark an instance built from values just written as loaded from the database."""
     instance._state.adding = False
-    instance._state.db = connection.alias
+    instance._state.db = DEFAULT_DB_ALIAS
     return instance

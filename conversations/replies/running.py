@@ -20,6 +20,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from chatsite import metrics
 
+from .. import asyncdb
 from ..catalog import ModelChoice, model_choice_aget
 from ..limits import stream_slots
 from ..providers import get_provider
@@ -29,6 +30,7 @@ from ..services import (
     message_aclose_abandoned,
     new_conversation_prompt,
     reply_aopen,
+    reply_aopen_new,
 )
 from ..usage import quota_acheck
 from .heartbeats import replies_alive, reply_announce
@@ -162,7 +164,8 @@ ABANDONED: set[asyncio.Task] = set()
 async def _rows_aopen(options: dict) -> OpenedReply:
     """reply_aopen; if the caller is cancelled meanwhile (the client left), the worker thread
     still writes the rows, and the reply is then saved as cancelled, not left streaming."""
-    opening = asyncio.ensure_future(reply_aopen(**options))
+    new = options["chat_request"].conversation_id is None and asyncdb.available()
+    opening = asyncio.ensure_future((reply_aopen_new if new else reply_aopen)(**options))
     try:
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
