@@ -41,5 +41,6 @@ urlpatterns = [
     path("api/messages/<id:message_id>/cancel", views.message_cancel, name="api-message-cancel"),
     path("api/messages/<id:message_id>/stream", views.message_stream, name="api-message-stream"),
     path("api/models", views.model_list, name="api-model-list"),
+    path("api/diagnostics/stream", views.diagnostics_stream, name="api-diagnostics-stream"),
     path("api/openapi.json", views.openapi_json, name="api-openapi"),
 ]
