@@ -9,13 +9,12 @@ from datetime import timedelta
 import httpx
 import pytest
 from django.db import connection
-from django.test import Client as DjangoClient
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from playwright.sync_api import expect
 
 from conversations.charts import nice_ceiling, stacked_bar_chart
-from conversations.dashboard import percentile
+from conversations.dashboard import percentile, reply_dashboard
 from conversations.models import Conversation, Message
 from tests.conftest import session_client
 
@@ -182,13 +181,11 @@ def test_non_staff_are_sent_to_the_admin_sign_in_and_staff_without_the_right_ref
     assert DASHBOARD not in index
 
 
-def test_the_dashboard_runs_a_fixed_number_of_queries(staff, make_user, transactional_db):
-    client = DjangoClient()
-    client.force_login(staff)
-
+def test_the_dashboard_runs_a_fixed_number_of_queries(make_user, transactional_db):
+    # The selector, in this process: the page adds only the admin's own (session, user).
     def queries() -> int:
         with CaptureQueriesContext(connection) as captured:
-            assert client.get(DASHBOARD).status_code == 200
+            reply_dashboard()
         return len(captured)
 
     reply(make_user("one"), timedelta(hours=1), ttft_ms=10, duration_ms=20, completion_tokens=1)
@@ -198,6 +195,7 @@ def test_the_dashboard_runs_a_fixed_number_of_queries(staff, make_user, transact
               completion_tokens=n + 1, status="error", error_code=f"upstream_{n}")  # fmt: skip
 
     assert queries() == few
+    assert few <= 10  # four a period on PostgreSQL, five elsewhere
 
 
 def test_the_charts_are_drawn_and_coloured_in_the_browser_under_the_csp(
