@@ -8,12 +8,17 @@ import json
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F, IntegerField, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 
+from .charts import stacked_bar_chart
+from .dashboard import STATUSES, ReplyPeriod, reply_dashboard
 from .durations import duration_text
 from .exports import conversations_export
 from .markdown import render_markdown
@@ -239,6 +244,62 @@ class MessageAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+    def get_urls(self):
+        dashboard = self.admin_site.admin_view(self.dashboard_view)
+        return [
+            path("dashboard/", dashboard, name="conversations_message_dashboard"),
+            *super().get_urls(),
+        ]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """How replies went in the last 24 hours and 30 days: per hour or day by status,
+        time to first token, tokens per second, upstream errors, top users."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Replies dashboard",
+            "opts": self.model._meta,
+            "periods": [dashboard_period(period) for period in reply_dashboard()],
+            "statuses": STATUSES,
+            "time_zone": timezone.get_current_timezone_name(),
+        }
+        return TemplateResponse(request, "admin/conversations/dashboard.html", context)
+
+
+DASHBOARD_UNITS = {
+    # unit: (a bucket's label, every how many buckets a label is written under the chart)
+    "hour": ("%H:%M", 3),
+    "day": ("%d %b", 3),
+}
+
+
+def dashboard_period(period: ReplyPeriod) -> dict:
+    """A period of the dashboard as the template shows it: its chart and its figures."""
+    label_format, label_every = DASHBOARD_UNITS[period.unit]
+    columns = [(b.start.strftime(label_format), b.counts) for b in period.buckets]
+    per_second = period.tokens_per_second
+    return {
+        "period": period,
+        "slug": period.unit,
+        "chart": stacked_bar_chart(columns, series=STATUSES, label_every=label_every),
+        "rows": [
+            (label, [counts[s] for s in STATUSES], sum(counts.values()))
+            for label, counts in columns
+        ],
+        "status_totals": list(period.status_totals().items()),
+        "ttft_p50": duration_text(
+            None if period.ttft_p50_ms is None else round(period.ttft_p50_ms)
+        ),
+        "ttft_p95": duration_text(
+            None if period.ttft_p95_ms is None else round(period.ttft_p95_ms)
+        ),
+        "tokens_per_second": "–" if per_second is None else f"{per_second:,.1f}",
+        "replies": f"{period.replies:,}",
+        "completion_tokens": f"{period.completion_tokens:,}",
+        "top_users": [(u.username, f"{u.tokens:,}", f"{u.replies:,}") for u in period.top_users],
+    }
 
 
 @admin.register(ApiToken)

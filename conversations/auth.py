@@ -95,6 +95,12 @@ def require_same_origin_session(request: HttpRequest) -> None:
         )
 
 
+def require_staff(user: AbstractBaseUser) -> None:
+    """ApiError(403) unless ``user`` is staff (signed in, or by one of their API tokens)."""
+    if not getattr(user, "is_staff", False):
+        raise ApiError(403, "staff_only", "Only staff may use this endpoint.")
+
+
 @sync_and_async_middleware
 def bearer_csrf_exempt_middleware(get_response):
     """Requests without ambient credentials are exempt from CSRF (see

@@ -11,6 +11,16 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, QueryDict
 from django.http.request import RawPostDataException
 
+from .diagnostics import (
+    DEFAULT_COUNT,
+    DEFAULT_INTERVAL_MS,
+    MAX_COUNT,
+    MAX_IDLE_SECONDS,
+    MAX_INTERVAL_MS,
+    MIN_COUNT,
+    MIN_INTERVAL_MS,
+    DiagnosticPlan,
+)
 from .errors import ApiError
 from .services import MAX_TITLE_LENGTH, ChatRequest
 from .storable import is_storable
@@ -224,6 +234,39 @@ def last_event_id_from(request: HttpRequest) -> tuple[int, int] | None:
     if not (1 <= int(message_id) <= MAX_ID and int(position) <= MAX_POSITION):
         return None
     return int(message_id), int(position)
+
+
+def bounded_integer_from_query(
+    query: QueryDict, name: str, *, default: int, minimum: int, maximum: int
+) -> int:
+    """An integer from ``minimum`` to ``maximum`` in ASCII digits (``default`` when absent),
+    or a 400 naming the parameter and its bounds."""
+    raw = query.get(name, "")
+    if raw == "":
+        return default
+    if ASCII_INTEGER.fullmatch(raw) is None or not minimum <= int(raw) <= maximum:
+        raise bad_request(f"'{name}' must be an integer from {minimum} to {maximum}.")
+    return int(raw)
+
+
+def diagnostic_plan_from_query(query: QueryDict) -> DiagnosticPlan:
+    """What a diagnostics stream is to send: ``count`` ticks ``interval_ms`` apart, then
+    ``idle_seconds`` of silence (0: none), each within its bounds."""
+    return DiagnosticPlan(
+        count=bounded_integer_from_query(
+            query, "count", default=DEFAULT_COUNT, minimum=MIN_COUNT, maximum=MAX_COUNT
+        ),
+        interval_ms=bounded_integer_from_query(
+            query,
+            "interval_ms",
+            default=DEFAULT_INTERVAL_MS,
+            minimum=MIN_INTERVAL_MS,
+            maximum=MAX_INTERVAL_MS,
+        ),
+        idle_seconds=bounded_integer_from_query(
+            query, "idle_seconds", default=0, minimum=0, maximum=MAX_IDLE_SECONDS
+        ),
+    )
 
 
 def position_from_query(query: QueryDict, name: str) -> int:

@@ -7,6 +7,16 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from .diagnostics import (
+    DEFAULT_COUNT,
+    DEFAULT_INTERVAL_MS,
+    MAX_COUNT,
+    MAX_IDLE_SECONDS,
+    MAX_INTERVAL_MS,
+    MIN_COUNT,
+    MIN_INTERVAL_MS,
+)
+
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -14,6 +24,11 @@ def _ref(name: str) -> dict:
 
 def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _bounded(name: str, description: str, default: int, minimum: int, maximum: int) -> dict:
+    schema = {"type": "integer", "minimum": minimum, "maximum": maximum, "default": default}
+    return {"name": name, "in": "query", "description": description, "schema": schema}
 
 
 COMMON_ERRORS = {
@@ -325,6 +340,60 @@ def openapi_document() -> dict:
                         "400": _error("`days` is not an integer from 1 to 90."),
                         **COMMON_ERRORS,
                     },
+                }
+            },
+            "/api/diagnostics/stream": {
+                "get": {
+                    "summary": "Timed frames to tell whether a proxy buffers, compresses or "
+                    "cuts streams (staff only; `manage.py check_streaming` reads it)",
+                    "parameters": [
+                        _bounded(
+                            "count", "Tick frames to send.", DEFAULT_COUNT, MIN_COUNT, MAX_COUNT
+                        ),
+                        _bounded(
+                            "interval_ms",
+                            "Milliseconds between ticks.",
+                            DEFAULT_INTERVAL_MS,
+                            MIN_INTERVAL_MS,
+                            MAX_INTERVAL_MS,
+                        ),
+                        _bounded(
+                            "idle_seconds",
+                            "After the ticks, an `idle` frame and this "
+                            "long without a byte, then `end` (0: no silence).",
+                            0,
+                            0,
+                            MAX_IDLE_SECONDS,
+                        ),
+                    ],  # fmt: skip
+                    "responses": {
+                        "200": {
+                            "description": "Server-Sent Events, sent and framed as the reply "
+                            "streams are (same headers): `count` frames `event: tick` "
+                            "(`id: <seq>`; data `seq`, `count`, `interval_ms`, `sent_ms`: "
+                            "milliseconds since the first tick left, `sent_at`: the same "
+                            "moment as ISO time, `keepalive_seconds`), then, with "
+                            "`idle_seconds`, `event: idle` and that long of silence, then "
+                            "`event: end`.",
+                            "content": {
+                                "text/event-stream": {
+                                    "schema": {"type": "string"},
+                                    "example": 'event: tick\nid: 1\ndata: {"seq": 1, '
+                                    '"count": 10, "interval_ms": 200, "sent_ms": 0.0, '
+                                    '"sent_at": "2025-01-01T12:00:00.000+00:00", '
+                                    '"keepalive_seconds": 15.0}\n\n'
+                                    '...\n\nevent: end\ndata: {"count": 10}\n\n',
+                                }
+                            },
+                        },
+                        "400": _error("A parameter out of its bounds (the message gives them)."),
+                        "403": _error(
+                            "The caller is not staff (`staff_only`), or the stream "
+                            "was opened with the session from another site "
+                            "(`cross_site`)."
+                        ),
+                        **COMMON_ERRORS,
+                    },  # fmt: skip
                 }
             },
             "/api/messages/{message_id}/cancel": {

@@ -43,5 +43,6 @@ urlpatterns = [
     path("api/messages/<id:message_id>/show", views.message_show, name="api-message-show"),
     path("api/models", views.model_list, name="api-model-list"),
     path("api/usage", views.usage, name="api-usage"),
+    path("api/diagnostics/stream", views.diagnostics_stream, name="api-diagnostics-stream"),
     path("api/openapi.json", views.openapi_json, name="api-openapi"),
 ]

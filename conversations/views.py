@@ -19,14 +19,16 @@ from chatsite.lifecycle import run_after_request
 
 from . import outages
 from .attempts import SIGN_IN, SIGN_UP, attempts_limited
-from .auth import require_same_origin_session
+from .auth import require_same_origin_session, require_staff
 from .catalog import model_choice_aget, model_choice_get
+from .diagnostics import diagnostic_frames
 from .errors import error_response
 from .http import api_view, is_api_path
 from .inputs import (
     chat_request_from_json,
     chat_request_from_query,
     conversation_title_from_json,
+    diagnostic_plan_from_query,
     idempotency_key_from,
     json_body,
     last_event_id_from,
@@ -284,6 +286,18 @@ async def message_show(request: HttpRequest, message_id: int) -> HttpResponse:
         user=request.api_user, message_id=message_id
     )
     return JsonResponse({"conversation_id": conversation_id, "current_path": path})
+
+
+@api_view("GET")
+async def diagnostics_stream(request: HttpRequest) -> HttpResponse:
+    """Timed frames for ``manage.py check_streaming`` (staff only): sent and framed as the
+    reply streams are, so that what happens to them on the way happens to these."""
+    require_staff(request.api_user)
+    require_same_origin_session(request)
+    plan = diagnostic_plan_from_query(request.GET)
+    return EventStreamResponse(
+        diagnostic_frames(plan, keepalive_seconds=settings.CHAT_KEEPALIVE_SECONDS)
+    )
 
 
 def openapi_json(request: HttpRequest) -> JsonResponse:

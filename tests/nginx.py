@@ -25,13 +25,25 @@ def nginx_binary() -> str | None:
     )
 
 
-def render(values: dict[str, str]) -> str:
-    """The template with its placeholders filled, as envsubst with their list does."""
-    return PLACEHOLDER.sub(lambda match: values[match.group(1)], TEMPLATE.read_text())
+def render(values: dict[str, str], replacements: dict[str, str] | None = None) -> str:
+    """The template with its placeholders filled, as envsubst with their list does; each of
+    ``replacements`` (a variant of the template) replaces text the template must have."""
+    text = TEMPLATE.read_text()
+    for old, new in (replacements or {}).items():
+        assert old in text, f"deploy/nginx.conf no longer has {old!r}"
+        text = text.replace(old, new)
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
 
 
 class Nginx:
-    def __init__(self, binary: str, directory: Path, port: int, upstream_ports: list[int]) -> None:
+    def __init__(
+        self,
+        binary: str,
+        directory: Path,
+        port: int,
+        upstream_ports: list[int],
+        replacements: dict[str, str] | None = None,
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.directory = directory
         self.access_log = directory / "access.log"
@@ -40,7 +52,8 @@ class Nginx:
                 "LISTEN": f"127.0.0.1:{port}",
                 "SERVER_NAME": "localhost",
                 "UPSTREAM_SERVERS": " ".join(f"server 127.0.0.1:{p};" for p in upstream_ports),
-            }
+            },
+            replacements,
         )
         (directory / "site.conf").write_text(site)
         temp = directory / "temp"

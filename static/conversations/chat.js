@@ -3,6 +3,7 @@
 // saved reply. A dropped connection is picked up again where it left off, and a page opened
 // while its conversation's last reply streams attaches to it.
 
+import { BurstMeter } from "./bursts.js";
 import { Composer, setUpReading } from "./composer.js";
 import { addMessageCopy, adoptSaved, enhanceTranscript, liveReply } from "./render.js";
 import { conversationActive, provisionalTitle, watchTitle } from "./sidebar.js";
@@ -69,6 +70,10 @@ const input = document.getElementById("message-input");
 const stopButton = document.getElementById("stop-button");
 const transcript = document.getElementById("transcript");
 const statusRegion = document.getElementById("chat-status");
+// Staff are told when replies reach the page in bursts (bursts.js); nobody else is measured.
+const burstWarning = form.hasAttribute("data-staff")
+  ? document.getElementById("stream-warning")
+  : null;
 const composer = new Composer(form);
 
 let followOutput = true;
@@ -190,15 +195,17 @@ function rememberConversation(id, title) {
   conversationActive(id, title);
 }
 
+/** Put the saved copy of a reply in place of the streamed one; returns it (null if the
+ *  streamed one stays). */
 async function swapForSaved(article, convId, messageId) {
   try {
     const response = await fetch(`/c/${convId}/messages/${messageId}/`, { credentials: "same-origin" });
-    if (!response.ok) return;
+    if (!response.ok) return null;
     const template = document.createElement("template");
     template.innerHTML = (await response.text()).trim();
     const saved = template.content.firstElementChild;
     // Not saved yet (the server has not seen the connection drop): keep the text received.
-    if (!saved || saved.dataset.status === "streaming") return;
+    if (!saved || saved.dataset.status === "streaming") return null;
     adoptSaved(saved, article);
     article.replaceWith(saved);
     // The saved copy can be shorter: the page moving up under it is not the user scrolling.
@@ -207,6 +214,7 @@ async function swapForSaved(article, convId, messageId) {
     return saved;
   } catch {
     // keep the streamed copy; a reload shows the saved one
+    return null;
   }
   return null;
 }
@@ -223,11 +231,13 @@ function sleep(ms, signal) {
   });
 }
 
-/** Read a reply's POST-format frames from ``response``: tokens go to ``onToken``. Returns
- *  "done", "stopped", "failed" (an ``event: error`` frame, already shown) or "cut" (the body
- *  ended before the final frame); throws if the connection breaks. */
-async function readFrames(response, reply, onToken) {
+/** Read a reply's POST-format frames from ``response``: tokens go to ``onToken``, and how
+ *  many each network read brought to ``meter`` (if any). Returns "done", "stopped", "failed"
+ *  (an ``event: error`` frame, already shown) or "cut" (the body ended before the final
+ *  frame); throws if the connection breaks. */
+async function readFrames(response, reply, onToken, meter) {
   let outcome = "cut";
+  let tokens = 0;
   const parser = new SSEParser((event) => {
     if (event.type === "error") {
       outcome = "failed";
@@ -246,6 +256,7 @@ async function readFrames(response, reply, onToken) {
       outcome = frame.status === "cancelled" ? "stopped" : "done";
       return;
     }
+    tokens += 1;
     onToken(frame.token);
   });
   const reader = response.body.getReader();
@@ -253,7 +264,9 @@ async function readFrames(response, reply, onToken) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
+    const before = tokens;
     parser.push(decoder.decode(value, { stream: true }));
+    meter?.read(performance.now(), tokens - before);
   }
   parser.push(decoder.decode());
   return outcome;
@@ -271,11 +284,14 @@ async function follow(reply, first, messageId, state) {
   let attempt = 0;
   for (;;) {
     try {
-      const outcome = await readFrames(response, reply, onToken);
+      // Only the first answer is measured: a resumed one starts with what was missed, at once.
+      const meter = response === first ? state.meter : null;
+      const outcome = await readFrames(response, reply, onToken, meter);
       if (outcome !== "cut") return outcome;
     } catch (error) {
       if (error.name === "AbortError") throw error;
     }
+    state.meter = null; // what the first answer brought is not the whole reply
     if (attempt >= RECONNECT_DELAYS_MS.length) {
       addNote(reply, "Error: the connection to the server was lost.", "failed");
       return "failed";
@@ -307,6 +323,16 @@ async function follow(reply, first, messageId, state) {
 
 let current = null;
 
+/** Once a reply's frames showed bursts, the warning stays for the page's life. */
+function judgeBursts(meter, sendingMs) {
+  if (meter.bursty(sendingMs)) {
+    burstWarning.textContent = "Staff: replies reach this page in bursts, so something between "
+      + "the server and this browser buffers the stream. Run manage.py check_streaming to find it.";
+    burstWarning.hidden = false;
+  }
+  burstWarning.dataset.replies = String(Number(burstWarning.dataset.replies || 0) + 1);
+}
+
 /** Show a reply streaming in ``reply`` (its first response given), then its saved copy. */
 async function stream(reply, state, responsePromise) {
   reply.classList.add("streaming");
@@ -327,6 +353,7 @@ async function stream(reply, state, responsePromise) {
       message: response.headers.get("X-Message-Id"),
     };
     state.onStarted?.(state.ids);
+    if (state.measure) state.meter = new BurstMeter();
     outcome = await follow(reply, response, state.ids.message, state);
     if (outcome === "stopped") addNote(reply, "Stopped", "stopped");
   } catch (error) {
@@ -347,7 +374,11 @@ async function stream(reply, state, responsePromise) {
     announce({ done: "The reply is complete.", stopped: "The reply was stopped." }[outcome]
       ?? "The reply failed.");
     if (outcome !== "stopped" && state.ids?.message) {
-      state.saved = await swapForSaved(reply, state.ids.conversation, state.ids.message);
+      const saved = await swapForSaved(reply, state.ids.conversation, state.ids.message);
+      state.saved = saved;
+      // The saved reply says how long the server took to send its tokens.
+      const sendingMs = Number(saved?.dataset.durationMs) - Number(saved?.dataset.ttftMs);
+      if (state.meter) judgeBursts(state.meter, sendingMs);
     }
   }
 }
@@ -384,6 +415,7 @@ async function send(text, { editOf = null, regenerateOf = null, replacing = null
     controller: new AbortController(),
     received: 0,
     ids: null,
+    measure: burstWarning !== null,
     // Refused before any reply (a limit, a bad field): said at the composer, not as a reply,
     // and what the new version was to replace is shown again.
     onRefused: (message) => {
