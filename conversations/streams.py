@@ -140,7 +140,7 @@ async def relay(
             position += len(tokens)
             frames = [framer.token(token) for token in tokens]
             if reply.finished is not None and position == reply.token_count:
-                frames.append(framer.end(reply.finished, reply.conversation_id, reply.message_id))
+                frames.append(framer.end(reply.finished, *reply.rows))
                 yield b"".join(frames)
                 return
             yield b"".join(frames)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import httpx
 import openai
@@ -68,7 +68,7 @@ class OpenAICompatibleProvider(ChatProvider):
 
     async def stream(
         self, messages: Sequence[ChatMessage], outcome: StreamOutcome, *, model: str | None = None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """The SDK sends the request (auth, retries, status errors) through its generic ``post``,
         which skips the per-call parameter transform of ``chat.completions.create``; the event
         stream is parsed here from bytes, skipping the SDK's per-chunk pydantic objects."""

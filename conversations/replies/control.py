@@ -71,6 +71,7 @@ async def reply_aattach(*, user: AbstractBaseUser, message_id: int, after: int =
     process that died is marked interrupted first. NotFound for anything but the caller's
     assistant message; Invalid if ``after`` is past the frames it has."""
     attached = await _aattachable(user, message_id)
+    count: int | None
     if isinstance(attached, Reply):
         count = attached.token_count
     elif isinstance(attached, RemoteReply):
@@ -105,7 +106,9 @@ async def _aattachable(user: AbstractBaseUser, message_id: int) -> Attachable:
     return message
 
 
-async def reply_aresume(*, user: AbstractBaseUser, message_id: int, position: int) -> Attachable:
+async def reply_aresume(
+    *, user: AbstractBaseUser, message_id: int, position: int
+) -> Attachable | None:
     """What a GET reconnecting after frame ``position`` of a reply resumes: the reply, here or
     elsewhere; None if there is nothing to resume (not the caller's, no longer kept, or the
     client has every frame)."""
@@ -138,5 +141,5 @@ async def reply_astart_once(
     except BaseException:
         await asyncio.shield(key_arelease(**claim))
         raise
-    await key_arecord(**claim, chat_request=chat_request, message_id=reply.message_id)
+    await key_arecord(**claim, chat_request=chat_request, message_id=reply.rows[1])
     return reply, True
