@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
@@ -122,7 +122,7 @@ def reply_parent(tree: Tree, chat_request: ChatRequest, *, shown_leaf: int | Non
 
 def reply_open(
     *,
-    user: AbstractBaseUser,
+    user: User,
     chat_request: ChatRequest,
     default_model: str,
     default_system_prompt: str,
@@ -284,7 +284,7 @@ CONVERSATION_COLUMNS = ("owner", "title", "system_prompt", "model", "created_at"
 
 def new_conversation(
     *,
-    user: AbstractBaseUser,
+    user: User,
     chat_request: ChatRequest,
     model: str,
     default_system_prompt: str,
@@ -306,7 +306,7 @@ def conversation_values(conversation: Conversation) -> list:
 
 
 def conversation_lock_for_reply(
-    *, user: AbstractBaseUser, conversation_id: int, now: datetime, model: str | None = None
+    *, user: User, conversation_id: int, now: datetime, model: str | None = None
 ) -> Conversation:
     """Mark the conversation active (and, given a ``model``, switch it to that one), which also
     locks its row until the transaction ends so concurrent replies to it are saved in order;
@@ -540,9 +540,7 @@ def message_checkpoint(*, message_id: int, content: str) -> None:
 message_acheckpoint = sync_to_async(message_checkpoint, thread_sensitive=False)
 
 
-async def conversation_arename(
-    *, user: AbstractBaseUser, conversation_id: int, title: str
-) -> Conversation:
+async def conversation_arename(*, user: User, conversation_id: int, title: str) -> Conversation:
     """Give the caller's conversation a title of their own; NotFound for anyone else's. Its
     last activity is left as it was: a rename does not move it up the list."""
     renamed = await Conversation.objects.filter(pk=conversation_id, owner=user).aupdate(title=title)

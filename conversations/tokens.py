@@ -10,7 +10,7 @@ from functools import cache, partial
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import DEFAULT_DB_ALIAS, connection
 from django.utils import timezone
 
@@ -25,7 +25,7 @@ def token_digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def api_token_create(*, owner: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
+def api_token_create(*, owner: User, name: str = "") -> tuple[ApiToken, str]:
     """A new token; the raw value is returned here once and never stored."""
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
@@ -34,7 +34,7 @@ def api_token_create(*, owner: AbstractBaseUser, name: str = "") -> tuple[ApiTok
     return token, raw
 
 
-def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
+def api_token_authenticate(raw: str) -> User | None:
     """The active owner of a live token, or None; last use is recorded at most once a minute.
 
     One hand-written query, as the ORM's compilation of it cost more than the query itself.
@@ -50,7 +50,7 @@ def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
     return owner
 
 
-async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
+async def api_token_aauthenticate(raw: str) -> User | None:
     """api_token_authenticate on the event loop where the database allows it."""
     if not asyncdb.available():
         return await _api_token_authenticate_in_thread(raw)
@@ -78,7 +78,7 @@ _last_use_being_recorded: set[int] = set()
 _api_token_authenticate_in_thread = sync_to_async(api_token_authenticate)
 
 
-def _owner_from(row: tuple | None) -> tuple[AbstractBaseUser | None, int | None, bool]:
+def _owner_from(row: tuple | None) -> tuple[User | None, int | None, bool]:
     """The active owner in a row of _owner_sql, the token's id and whether its last use is stale."""
     if row is None:
         return None, None, False
