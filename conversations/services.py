@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
@@ -338,7 +338,9 @@ MessageRow = tuple[str, str, str, str]
 
 def message_rows(history: list[ChatMessage], message: str, model: str) -> list[MessageRow]:
     """The rows a reply opens with: the client's history, the user's message, the reply."""
-    rows = [(item["role"], item["content"], Message.Status.COMPLETE, "") for item in history]
+    rows: list[MessageRow] = [
+        (item["role"], item["content"], Message.Status.COMPLETE, "") for item in history
+    ]
     rows.append((Message.Role.USER, message, Message.Status.COMPLETE, ""))
     rows.append((Message.Role.ASSISTANT, "", Message.Status.STREAMING, model))
     return rows
@@ -401,7 +403,7 @@ def new_conversation_prompt(chat_request: ChatRequest, default_system_prompt: st
     return prompt
 
 
-def reply_open_and_release(**kwargs) -> OpenedReply:
+def reply_open_and_release(**kwargs: Any) -> OpenedReply:
     """reply_open, then hand this thread's database connection back to the pool: a reply
     streams for seconds or minutes and must not hold a connection meanwhile."""
     try:
@@ -498,7 +500,7 @@ def _finalised(updated: int, message_id: int, status: str) -> bool:
     return bool(updated)
 
 
-def message_finalize_and_release(**kwargs) -> bool:
+def message_finalize_and_release(**kwargs: Any) -> bool:
     """message_finalize, then hand the worker thread's connection back to the pool."""
     try:
         return message_finalize(**kwargs)

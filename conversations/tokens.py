@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import cache, partial
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import DEFAULT_DB_ALIAS, connection
+from django.db.models import Field
+from django.db.models.expressions import Col
 from django.utils import timezone
 
 from . import asyncdb, statements
@@ -59,7 +62,12 @@ async def api_token_aauthenticate(raw: str) -> User | None:
     # would build a connection object for each request's context on the event loop.
     rows = await asyncdb.fetchall(_owner_sql(), [now - LAST_USED_RESOLUTION, token_digest(raw)])
     owner, token_id, last_use_is_stale = _owner_from(rows[0] if rows else None)
-    if owner is not None and last_use_is_stale and token_id not in _last_use_being_recorded:
+    if (
+        owner is not None
+        and token_id is not None
+        and last_use_is_stale
+        and token_id not in _last_use_being_recorded
+    ):
         # The reply need not wait for this bookkeeping: it runs beside the request, once at a
         # time per token (a burst of requests would otherwise queue an update each).
         _last_use_being_recorded.add(token_id)
@@ -78,7 +86,7 @@ _last_use_being_recorded: set[int] = set()
 _api_token_authenticate_in_thread = sync_to_async(api_token_authenticate)
 
 
-def _owner_from(row: tuple | None) -> tuple[User | None, int | None, bool]:
+def _owner_from(row: Sequence[Any] | None) -> tuple[User | None, int | None, bool]:
     """The active owner in a row of _owner_sql, the token's id and whether its last use is stale."""
     if row is None:
         return None, None, False
@@ -93,15 +101,15 @@ def _owner_from(row: tuple | None) -> tuple[User | None, int | None, bool]:
 
 
 @cache
-def _user_fields() -> tuple:
+def _user_fields() -> tuple[Field[Any, Any], ...]:
     return tuple(get_user_model()._meta.concrete_fields)
 
 
 @cache
-def _user_columns() -> tuple[list[str], list[tuple[int, Callable]]]:
+def _user_columns() -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
     """The user's attribute names in _owner_sql's order, and the database's value converters
     (SQLite returns booleans as 0/1 and datetimes as text) by position."""
-    converters = []
+    converters: list[tuple[int, Callable[[Any], Any]]] = []
     for index, field in enumerate(_user_fields()):
         column = field.cached_col
         steps = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
@@ -110,7 +118,7 @@ def _user_columns() -> tuple[list[str], list[tuple[int, Callable]]]:
     return [field.attname for field in _user_fields()], converters
 
 
-def _convert(steps: list[Callable], column, value):
+def _convert(steps: list[Callable[..., Any]], column: Col, value: Any) -> Any:
     for step in steps:
         value = step(value, column, connection)
     return value
@@ -123,7 +131,7 @@ def _owner_sql() -> str:
     user_columns = ", ".join(f"u.{quote(field.column)}" for field in _user_fields())
 
     def token(name: str) -> str:
-        return "t." + quote(ApiToken._meta.get_field(name).column)
+        return "t." + quote(statements.concrete_field(ApiToken, name).column)
 
     return (
         f"SELECT {user_columns}, {token('id')}, "
