@@ -4,11 +4,24 @@ user's own daily token quota."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
-from django.db.models import Count, F, IntegerField, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import (
+    Count,
+    F,
+    Field,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -20,8 +33,21 @@ from .markdown import render_markdown
 from .models import ApiToken, Conversation, Message, UsageDay, UserQuota
 from .tokens import api_token_create, token_digest
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
-def _per_conversation(queryset, expression, output_field=None) -> Subquery:
+
+class _Totals(TypedDict):
+    """What ConversationAdmin.get_queryset annotates each conversation with."""
+
+    message_count: int
+    total_tokens: int
+    last_reply_status: str | None
+
+
+def _per_conversation(
+    queryset: QuerySet[Message], expression: Any, output_field: Field[Any, Any] | None = None
+) -> Subquery:
     """One value per conversation from its messages, as a subquery (immune to search joins)."""
     values = (
         queryset.filter(conversation=OuterRef("pk"))
@@ -37,10 +63,12 @@ class LastReplyStatusFilter(admin.SimpleListFilter):
     title = "status of the last reply"
     parameter_name = "last_reply_status"
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> Iterable[tuple[str, str]]:
         return Message.Status.choices
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value():
             return queryset.filter(last_reply_status=self.value())
         return queryset
@@ -56,7 +84,7 @@ class TranscriptInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
     ordering = ["created_at", "id"]
-    fields = ["when", "role", "branch", "text", "outcome", "timing", "tokens", "attach_count"]
+    fields = ("when", "role", "branch", "text", "outcome", "timing", "tokens", "attach_count")
     readonly_fields = fields
     verbose_name = "message"
     verbose_name_plural = "transcript"
@@ -65,10 +93,10 @@ class TranscriptInline(admin.TabularInline):
     class Media:
         css = {"all": ["conversations/admin.css"]}
 
-    def has_add_permission(self, request, obj=None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:
         return False
 
     def get_queryset(self, request: HttpRequest):
@@ -171,17 +199,17 @@ class ConversationAdmin(admin.ModelAdmin):
     ]
     search_fields = ["title", "messages__content", "owner__username"]
     date_hierarchy = "created_at"
-    fields = ["title", "owner", "model", "system_prompt", "created_at", "updated_at"]
+    fields = ("title", "owner", "model", "system_prompt", "created_at", "updated_at")
     readonly_fields = fields
     inlines = [TranscriptInline]
     actions = ["export_json"]
 
-    def get_queryset(self, request: HttpRequest):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         tokens = Coalesce(F("prompt_tokens"), 0) + Coalesce(F("completion_tokens"), 0)
         last_reply = Message.objects.filter(
             conversation=OuterRef("pk"), role=Message.Role.ASSISTANT
         ).order_by("-created_at", "-id")
-        return (
+        annotated: QuerySet[Conversation] = (
             super()
             .get_queryset(request)
             .annotate(
@@ -195,21 +223,22 @@ class ConversationAdmin(admin.ModelAdmin):
                 last_reply_status=Subquery(last_reply.values("status")[:1]),
             )
         )
+        return annotated
 
     @admin.display(ordering="message_count", description="messages")
-    def message_count(self, conversation: Conversation) -> int:
+    def message_count(self, conversation: WithAnnotations[Conversation, _Totals]) -> int:
         return conversation.message_count
 
     @admin.display(ordering="total_tokens", description="tokens")
-    def total_tokens(self, conversation: Conversation) -> int:
+    def total_tokens(self, conversation: WithAnnotations[Conversation, _Totals]) -> int:
         return conversation.total_tokens
 
     @admin.display(ordering="last_reply_status", description="last reply")
-    def last_reply_status(self, conversation: Conversation) -> str:
+    def last_reply_status(self, conversation: WithAnnotations[Conversation, _Totals]) -> str:
         return conversation.last_reply_status or "–"
 
     @admin.action(description="Export selected conversations as JSON")
-    def export_json(self, request: HttpRequest, queryset) -> HttpResponse:
+    def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
         body = json.dumps({"conversations": conversations_export(queryset)}, indent=2)
         response = HttpResponse(body, content_type="application/json")
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
@@ -219,7 +248,7 @@ class ConversationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -237,7 +266,7 @@ class MessageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -249,15 +278,15 @@ class ApiTokenAdmin(admin.ModelAdmin):
     search_fields = ["name", "owner__username", "prefix"]
     actions = ["revoke"]
 
-    def get_fields(self, request, obj=None):
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ["owner", "name"]
-        return ["owner", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+            return ("owner", "name")
+        return ("owner", "name", "prefix", "created_at", "last_used_at", "revoked_at")
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
         return [] if obj is None else ["owner", "prefix", "created_at", "last_used_at"]
 
-    def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
@@ -266,7 +295,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         messages.warning(request, f"The new token is {raw} — copy it now; it is not shown again.")
 
     @admin.action(description="Revoke selected tokens")
-    def revoke(self, request: HttpRequest, queryset) -> None:
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"{count} token(s) revoked.")
 
