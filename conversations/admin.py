@@ -37,6 +37,19 @@ if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
 
 
+class _Versions(TypedDict):
+    """What TranscriptInline.get_queryset annotates each message with."""
+
+    version_count: int | None
+    version_index: int | None
+
+
+class _UsageTotal(TypedDict):
+    """What UsageDayAdmin.get_queryset annotates each row with."""
+
+    total: int
+
+
 class _Totals(TypedDict):
     """What ConversationAdmin.get_queryset annotates each conversation with."""
 
@@ -99,7 +112,7 @@ class TranscriptInline(admin.TabularInline):
     def has_change_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:
         return False
 
-    def get_queryset(self, request: HttpRequest):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
         """Every message of every branch, each with its place among its versions (the
         messages with the same parent)."""
         siblings = (
@@ -112,7 +125,7 @@ class TranscriptInline(admin.TabularInline):
             Q(created_at__lt=OuterRef("created_at"))
             | Q(created_at=OuterRef("created_at"), id__lte=OuterRef("id"))
         )
-        return (
+        annotated: QuerySet[Message] = (
             super()
             .get_queryset(request)
             .annotate(
@@ -120,9 +133,10 @@ class TranscriptInline(admin.TabularInline):
                 version_index=Subquery(earlier.annotate(n=Count("id")).values("n")),
             )
         )
+        return annotated
 
     @admin.display(description="follows · version")
-    def branch(self, message: Message) -> str:
+    def branch(self, message: WithAnnotations[Message, _Versions]) -> str:
         """Which message this one follows, and which version of its turn it is."""
         follows = f"#{message.parent_id}" if message.parent_id else "start"
         count = getattr(message, "version_count", 1) or 1
@@ -314,15 +328,18 @@ class UsageDayAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "model"]
     date_hierarchy = "day"
 
-    def get_queryset(self, request: HttpRequest):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageDay]:
         total = F("prompt_tokens") + F("completion_tokens")
-        return super().get_queryset(request).annotate(total=total)
+        annotated: QuerySet[UsageDay] = super().get_queryset(request).annotate(total=total)
+        return annotated
 
     @admin.display(ordering="total", description="total tokens")
-    def total_tokens(self, usage: UsageDay) -> int:
+    def total_tokens(self, usage: WithAnnotations[UsageDay, _UsageTotal]) -> int:
         return usage.total
 
-    def changelist_view(self, request: HttpRequest, extra_context=None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         if context is not None and "cl" in context:
@@ -341,10 +358,10 @@ class UsageDayAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
         return False
 
 

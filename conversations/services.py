@@ -79,7 +79,7 @@ class Turn(NamedTuple):
     content: str
 
 
-def conversation_tree(conversation_id: int) -> Tree:
+def conversation_tree(conversation_id: int) -> Tree[Turn]:
     """Every message of the conversation, in the order written, as a version tree."""
     rows = Message.objects.filter(conversation_id=conversation_id).order_by("created_at", "id")
     return Tree(Turn(*row) for row in rows.values_list("pk", "parent_id", "role", "content"))
@@ -99,7 +99,9 @@ def prompt_from(system_prompt: str, turns: Iterable[ChatMessage | Turn]) -> list
     return prompt
 
 
-def reply_parent(tree: Tree, chat_request: ChatRequest, *, shown_leaf: int | None) -> int | None:
+def reply_parent(
+    tree: Tree[Turn], chat_request: ChatRequest, *, shown_leaf: int | None
+) -> int | None:
     """The message a new reply's first row follows: the saved message a regenerated reply
     answers, the parent of an edited message, else the last message shown."""
     if chat_request.regenerate_of is not None:
@@ -185,7 +187,7 @@ class NewConversation:
     @classmethod
     def of(
         cls,
-        user: AbstractBaseUser,
+        user: User,
         chat_request: ChatRequest,
         default_model: str,
         default_system_prompt: str,
@@ -226,7 +228,7 @@ class NewConversation:
 
 async def reply_aopen_new(
     *,
-    user: AbstractBaseUser,
+    user: User,
     chat_request: ChatRequest,
     default_model: str,
     default_system_prompt: str,
@@ -573,7 +575,7 @@ conversation_aset_generated_title = sync_to_async(
 )
 
 
-def conversation_show_version(*, user: AbstractBaseUser, message_id: int) -> tuple[int, list[int]]:
+def conversation_show_version(*, user: User, message_id: int) -> tuple[int, list[int]]:
     """Show the version ``message_id`` of its turn, and below it the newest of its
     descendants; the conversation and the ids of the path now shown. NotFound unless the
     caller owns the message."""

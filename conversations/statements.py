@@ -369,7 +369,7 @@ def _update_with_parent_sql(
     parent_names: tuple[str, ...],
     added: tuple[type[Model], tuple[str, ...], tuple[str, ...]] | None = None,
 ) -> str:
-    column = concrete_field(model, link).column
+    link_column = concrete_field(model, link).column
     parent = _related_model(model, link)
     quote = adapter().ops.quote_name
     _, parent_columns = _columns(parent, parent_names)
@@ -379,15 +379,17 @@ def _update_with_parent_sql(
         counter, counter_keys, amounts = added
         fields, columns = _columns(counter, counter_keys + amounts)
         # Typed, as a SELECT list gives its parameters no type of their own to take.
-        typed = ", ".join(f"CAST(%s AS {field.cast_db_type(adapter())})" for field in fields)
+        # Field.cast_db_type is Django's own (what Cast uses), undocumented, not in the stubs.
+        casts = [field.cast_db_type(adapter()) for field in fields]  # type: ignore[attr-defined]
+        typed = ", ".join(f"CAST(%s AS {cast})" for cast in casts)
         addition = (
             f", added AS (INSERT INTO {_table(counter)} ({', '.join(columns)}) "
             f"SELECT {typed} FROM updated {_on_conflict_add(counter, counter_keys, amounts)})"
         )
     return (
-        f"WITH updated AS ({update_sql(model, names, keys)} RETURNING {quote(column)}), "
+        f"WITH updated AS ({update_sql(model, names, keys)} RETURNING {quote(link_column)}), "
         f"parent AS (UPDATE {_table(parent)} SET {assignments} "
-        f"WHERE {quote(parent._meta.pk.column)} IN (SELECT {quote(column)} FROM updated))"
+        f"WHERE {quote(parent._meta.pk.column)} IN (SELECT {quote(link_column)} FROM updated))"
         f"{addition} SELECT count(*) FROM updated"
     )
 

@@ -275,7 +275,7 @@ async def model_list(request: ApiRequest) -> HttpResponse:
 
 
 @api_view("GET")
-async def usage(request: HttpRequest) -> HttpResponse:
+async def usage(request: ApiRequest) -> HttpResponse:
     """The caller's token usage over the last ``days`` UTC days, per day and model, and their
     daily quota: how much is left and when it resets."""
     days = usage_days_from_query(request.GET, maximum=MAX_USAGE_DAYS)
@@ -291,7 +291,7 @@ async def message_cancel(request: ApiRequest, message_id: int) -> HttpResponse:
 
 
 @api_view("POST")
-async def message_show(request: HttpRequest, message_id: int) -> HttpResponse:
+async def message_show(request: ApiRequest, message_id: int) -> HttpResponse:
     """Show this version of its turn (and the newest replies below it) in its conversation."""
     conversation_id, path = await conversation_ashow_version(
         user=request.api_user, message_id=message_id
