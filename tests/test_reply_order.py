@@ -12,6 +12,7 @@ import pytest
 
 from conversations.providers.demo import DemoProvider
 from conversations.replies.reply import Reply
+from tests.loops import run_in_new_loop
 
 
 def new_reply() -> Reply:
@@ -26,12 +27,12 @@ def test_bind_before_start_says_start_comes_first():
 
 def test_discard_before_start_says_start_comes_first():
     with pytest.raises(RuntimeError, match=r"start\(\) must be called before bind\(\) or adisc"):
-        asyncio.run(new_reply().adiscard())
+        run_in_new_loop(new_reply().adiscard())
 
 
 def test_waiting_on_a_reply_never_started_says_start_comes_first():
     with pytest.raises(RuntimeError, match=r"start\(\) must be called before wait_beyond\(\)"):
-        asyncio.run(new_reply().wait_beyond(0))
+        run_in_new_loop(new_reply().wait_beyond(0))
 
 
 def test_rows_of_an_unbound_reply_say_bind_comes_first():
@@ -47,7 +48,7 @@ def test_a_started_reply_can_be_discarded_and_ends_without_rows():
         await reply.adiscard()
         return reply
 
-    reply = asyncio.run(scenario())
+    reply = run_in_new_loop(scenario())
     assert reply.finished is not None
     with pytest.raises(RuntimeError, match="bind"):
         reply.rows  # noqa: B018
