@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser nginx vendor run serve test lint format migrations-check bench bench-quick ci clean screenshot
+.PHONY: install browser nginx vendor run serve test lint typecheck format migrations-check bench bench-quick ci clean screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy with django-stubs over chatsite/ and conversations/ ([tool.mypy] in pyproject.toml); the
+# django-stubs plugin imports chatsite.settings, which needs DJANGO_DEBUG=1 without a secret key.
+typecheck: install
+	DJANGO_DEBUG=1 $(BIN)/mypy
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -72,7 +77,7 @@ format: install
 migrations-check: install
 	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 
-test: install browser nginx lint migrations-check
+test: install browser nginx lint typecheck migrations-check
 	$(BIN)/pytest
 
 # Refresh the README's screenshots of the chat page (tests/artifacts/chat-page.png, light;
@@ -91,4 +96,4 @@ bench-quick: install
 ci: test bench-quick
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache .mypy_cache

@@ -3,20 +3,30 @@
 import gc
 import os
 import tempfile
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import IO, Any, ParamSpec, TypeVar
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.http import HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.urls import get_resolver
 
 from chatsite.lifecycle import CURRENT, Handling, arun_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class RequestThreads:
@@ -60,7 +70,7 @@ class RequestThread(Executor):
         self._executor: ThreadPoolExecutor | None = None
         self._calls = 0
 
-    def submit(self, fn, /, *args, **kwargs) -> Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         if self._executor is None:
             self._executor = self._threads.take()
         self._calls += 1
@@ -68,7 +78,7 @@ class RequestThread(Executor):
         future.add_done_callback(self._call_done)
         return future
 
-    def _call_done(self, future: Future) -> None:
+    def _call_done(self, future: Future[Any]) -> None:
         self._calls -= 1
 
     @property
@@ -115,13 +125,13 @@ class ChatASGIHandler(ASGIHandler):
         self.threads = RequestThreads()
         self.max_body_bytes = settings.CHAT_MAX_BODY_BYTES
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.lifespan(receive, send)
             return
         await super().__call__(scope, receive, send)
 
-    async def lifespan(self, receive, send) -> None:
+    async def lifespan(self, receive: Receive, send: Send) -> None:
         """ASGI lifespan, which Django's handler refuses: nothing to do at startup; at shutdown,
         what ``chatsite.lifecycle.run_at_shutdown`` registered (the replies still running are
         saved ``interrupted``). uvicorn sends it once the graceful-shutdown timeout has passed,
@@ -135,7 +145,7 @@ class ChatASGIHandler(ASGIHandler):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def handle(self, scope, receive, send):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if declared_length(scope) > self.max_body_bytes:
             await self.send_response(body_too_large(scope, self.max_body_bytes), send)
             return
@@ -155,7 +165,7 @@ class ChatASGIHandler(ASGIHandler):
         for request in requests:
             request.__dict__.clear()
 
-    async def read_body(self, receive):
+    async def read_body(self, receive: Receive) -> IO[bytes]:
         """Django's read_body, refusing a body (chunked, or longer than it said) as soon as it
         passes CHAT_MAX_BODY_BYTES, before more of it is read or stored."""
         body_file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - returned open, as Django does
@@ -178,27 +188,30 @@ class ChatASGIHandler(ASGIHandler):
         body_file.seek(0)
         return body_file
 
-    async def send_response(self, response, send):
+    async def send_response(self, response: HttpResponseBase, send: Send) -> None:
         """Django's send_response; before a streaming body, the request's database connections
         go back to the pool and its thread to the others. Not while a transaction is open, nor
         while a call still runs on the thread; a later call (the response's close at the end)
         takes a thread again."""
         handling = CURRENT.get(None)
-        if response.streaming and handling is not None and handling.thread.holds_a_thread:
+        thread = handling.thread if handling is not None else None
+        if response.streaming and thread is not None and thread.holds_a_thread:
             opened = [c for c in connections.all(initialized_only=True) if c.connection is not None]
             if not any(c.in_atomic_block for c in opened):
                 if opened:
                     await sync_to_async(close_connections)(opened)
-                handling.thread.release()
+                thread.release()
         await super().send_response(response, send)
 
-    def create_request(self, scope, body_file):
-        request, error_response = super().create_request(scope, body_file)
-        if request is not None:
-            CURRENT.get().requests.append(request)
-        return request, error_response
+    def create_request(
+        self, scope: Mapping[str, Any], body_file: IO[bytes]
+    ) -> tuple[ASGIRequest, None] | tuple[None, HttpResponseBase]:
+        created = super().create_request(scope, body_file)
+        if created[0] is not None:
+            CURRENT.get().requests.append(created[0])
+        return created
 
-    async def listen_for_disconnect(self, receive):
+    async def listen_for_disconnect(self, receive: Receive) -> None:
         """Return, not raise, when the client goes: the handler treats both the same, but
         the raised exception's traceback ties the handler's frame, and with it the whole
         request, into a reference cycle that only a full garbage collection frees."""
@@ -207,7 +220,7 @@ class ChatASGIHandler(ASGIHandler):
             raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
 
 
-def close_connections(opened: list) -> None:
+def close_connections(opened: list[BaseDatabaseWrapper]) -> None:
     """Close the request's database connections, on the thread that opened them."""
     for connection in opened:
         connection.close()
@@ -217,7 +230,7 @@ class BodyTooLarge(Exception):
     """A request body passed CHAT_MAX_BODY_BYTES while it was read."""
 
 
-def declared_length(scope) -> int:
+def declared_length(scope: Mapping[str, Any]) -> int:
     """The request's Content-Length, or 0 (none, or not a number: the body is counted as read)."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -225,10 +238,11 @@ def declared_length(scope) -> int:
     return 0
 
 
-def body_too_large(scope, max_bytes: int) -> HttpResponse:
+def body_too_large(scope: Mapping[str, Any], max_bytes: int) -> HttpResponse:
     """413, before any middleware or view: JSON on the API, plain text elsewhere. The
     connection is closed, so the rest of the body is never read."""
     message = f"The request body is larger than {max_bytes} bytes."
+    response: HttpResponse
     if scope.get("path", "").startswith("/api/"):
         response = JsonResponse(
             {"error": {"code": "body_too_large", "message": message}}, status=413

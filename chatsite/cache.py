@@ -7,13 +7,16 @@ every request opened a new Redis connection. Pools are now shared per URL and op
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import redis
 
 
 class SharedConnectionPool(redis.ConnectionPool):
+    # Returns the shared plain pool, not an instance of this class: RedisCache only needs a
+    # ConnectionPool back, which redis-py's Self-typed from_url cannot express.
     @classmethod
-    def from_url(cls, url: str, **kwargs) -> redis.ConnectionPool:
+    def from_url(cls, url: str, **kwargs: Any) -> redis.ConnectionPool:  # type: ignore[override]
         try:
             return _pool_for(url, tuple(sorted(kwargs.items())))
         except TypeError:  # an unhashable option: no sharing
@@ -21,5 +24,5 @@ class SharedConnectionPool(redis.ConnectionPool):
 
 
 @lru_cache(maxsize=8)
-def _pool_for(url: str, options: tuple) -> redis.ConnectionPool:
+def _pool_for(url: str, options: tuple[tuple[str, Any], ...]) -> redis.ConnectionPool:
     return redis.ConnectionPool.from_url(url, **dict(options))

@@ -11,6 +11,10 @@ Django's own warnings (``django.core.checks.security``), so their ids and words 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Tags, register
 from django.core.checks import Warning as CheckWarning
@@ -57,7 +61,9 @@ def middleware_has(cls: type) -> bool:
 
 
 @register(Tags.security, deploy=True)
-def check_security_middleware(app_configs, **kwargs) -> list[CheckMessage]:
+def check_security_middleware(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
     """security.W001 by class, then what Django runs only when it finds the middleware."""
     if not middleware_has(security.SecurityMiddleware):
         return [W001]
@@ -92,7 +98,9 @@ def referrer_policy_messages() -> list[CheckMessage]:
 
 
 @register(Tags.security, deploy=True)
-def check_xframe_options_middleware(app_configs, **kwargs) -> list[CheckMessage]:
+def check_xframe_options_middleware(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
     """security.W002 by class, then security.W019 (X_FRAME_OPTIONS should be DENY)."""
     if not middleware_has(clickjacking.XFrameOptionsMiddleware):
         return [W002]
@@ -100,7 +108,9 @@ def check_xframe_options_middleware(app_configs, **kwargs) -> list[CheckMessage]
 
 
 @register(Tags.security, deploy=True)
-def check_csrf_middleware(app_configs, **kwargs) -> list[CheckMessage]:
+def check_csrf_middleware(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
     """security.W003 by class, then security.W016 (a secure CSRF cookie)."""
     if not middleware_has(csrf_middleware.CsrfViewMiddleware):
         return [W003]

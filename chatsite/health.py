@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -42,7 +43,7 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     return response
 
 
-async def within_timeout(probe) -> str:
+async def within_timeout(probe: Awaitable[None]) -> str:
     try:
         await asyncio.wait_for(probe, settings.CHAT_READY_TIMEOUT_SECONDS)
     except TimeoutError:

@@ -14,7 +14,12 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+    from chatsite.asgi import RequestThread
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +32,8 @@ class Handling:
     ``chatsite.asgi.RequestThread``), the request objects created, and the work left for its
     end."""
 
-    thread: Any = None
-    requests: list = field(default_factory=list)
+    thread: RequestThread | None = None
+    requests: list[HttpRequest] = field(default_factory=list)
     after: list[AfterRequest] = field(default_factory=list)
 
     async def arun_after(self) -> None:

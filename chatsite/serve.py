@@ -35,7 +35,7 @@ import runpy
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,9 @@ def environment(env_file: str | None) -> dict[str, str]:
 def build_command(stock: click.Command | None = None) -> click.Command:
     """uvicorn's command with the http protocol swapped for the capped one where it applies."""
     stock = uvicorn_command if stock is None else stock
-    callback: Callable[..., Any] = stock.callback  # type: ignore[assignment]
+    callback = stock.callback
+    if callback is None:
+        raise RuntimeError(f"the command {stock.name!r} has no callback to wrap")
 
     def serve(**params: Any) -> Any:
         check_shared_state(params.get("workers"), params.get("env_file"))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import overload
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -32,7 +34,11 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
 
 
-def env_number(name: str, default: float, cast: type = int) -> float:
+@overload
+def env_number(name: str, default: int, cast: type[int] = int) -> int: ...
+@overload
+def env_number(name: str, default: float, cast: Callable[[str], float]) -> float: ...
+def env_number(name: str, default: float, cast: Callable[[str], float] = int) -> float:
     value = os.environ.get(name)
     if value is None or value == "":
         return default

@@ -4,16 +4,29 @@ user's own daily token quota."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, IntegerField, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import (
+    Count,
+    F,
+    Field,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -25,8 +38,34 @@ from .markdown import render_markdown
 from .models import ApiToken, Conversation, Message, UsageDay, UserQuota
 from .tokens import api_token_create, token_digest
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
-def _per_conversation(queryset, expression, output_field=None) -> Subquery:
+
+class _Versions(TypedDict):
+    """What TranscriptInline.get_queryset annotates each message with."""
+
+    version_count: int | None
+    version_index: int | None
+
+
+class _UsageTotal(TypedDict):
+    """What UsageDayAdmin.get_queryset annotates each row with."""
+
+    total: int
+
+
+class _Totals(TypedDict):
+    """What ConversationAdmin.get_queryset annotates each conversation with."""
+
+    message_count: int
+    total_tokens: int
+    last_reply_status: str | None
+
+
+def _per_conversation(
+    queryset: QuerySet[Message], expression: Any, output_field: Field[Any, Any] | None = None
+) -> Subquery:
     """One value per conversation from its messages, as a subquery (immune to search joins)."""
     values = (
         queryset.filter(conversation=OuterRef("pk"))
@@ -42,10 +81,12 @@ class LastReplyStatusFilter(admin.SimpleListFilter):
     title = "status of the last reply"
     parameter_name = "last_reply_status"
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> Iterable[tuple[str, str]]:
         return Message.Status.choices
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value():
             return queryset.filter(last_reply_status=self.value())
         return queryset
@@ -61,7 +102,7 @@ class TranscriptInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
     ordering = ["created_at", "id"]
-    fields = ["when", "role", "branch", "text", "outcome", "timing", "tokens", "attach_count"]
+    fields = ("when", "role", "branch", "text", "outcome", "timing", "tokens", "attach_count")
     readonly_fields = fields
     verbose_name = "message"
     verbose_name_plural = "transcript"
@@ -70,13 +111,13 @@ class TranscriptInline(admin.TabularInline):
     class Media:
         css = {"all": ["conversations/admin.css"]}
 
-    def has_add_permission(self, request, obj=None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:
         return False
 
-    def get_queryset(self, request: HttpRequest):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
         """Every message of every branch, each with its place among its versions (the
         messages with the same parent)."""
         siblings = (
@@ -89,7 +130,7 @@ class TranscriptInline(admin.TabularInline):
             Q(created_at__lt=OuterRef("created_at"))
             | Q(created_at=OuterRef("created_at"), id__lte=OuterRef("id"))
         )
-        return (
+        annotated: QuerySet[Message] = (
             super()
             .get_queryset(request)
             .annotate(
@@ -97,9 +138,10 @@ class TranscriptInline(admin.TabularInline):
                 version_index=Subquery(earlier.annotate(n=Count("id")).values("n")),
             )
         )
+        return annotated
 
     @admin.display(description="follows · version")
-    def branch(self, message: Message) -> str:
+    def branch(self, message: WithAnnotations[Message, _Versions]) -> str:
         """Which message this one follows, and which version of its turn it is."""
         follows = f"#{message.parent_id}" if message.parent_id else "start"
         count = getattr(message, "version_count", 1) or 1
@@ -176,17 +218,17 @@ class ConversationAdmin(admin.ModelAdmin):
     ]
     search_fields = ["title", "messages__content", "owner__username"]
     date_hierarchy = "created_at"
-    fields = ["title", "owner", "model", "system_prompt", "created_at", "updated_at"]
+    fields = ("title", "owner", "model", "system_prompt", "created_at", "updated_at")
     readonly_fields = fields
     inlines = [TranscriptInline]
     actions = ["export_json"]
 
-    def get_queryset(self, request: HttpRequest):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         tokens = Coalesce(F("prompt_tokens"), 0) + Coalesce(F("completion_tokens"), 0)
         last_reply = Message.objects.filter(
             conversation=OuterRef("pk"), role=Message.Role.ASSISTANT
         ).order_by("-created_at", "-id")
-        return (
+        annotated: QuerySet[Conversation] = (
             super()
             .get_queryset(request)
             .annotate(
@@ -200,21 +242,22 @@ class ConversationAdmin(admin.ModelAdmin):
                 last_reply_status=Subquery(last_reply.values("status")[:1]),
             )
         )
+        return annotated
 
     @admin.display(ordering="message_count", description="messages")
-    def message_count(self, conversation: Conversation) -> int:
+    def message_count(self, conversation: WithAnnotations[Conversation, _Totals]) -> int:
         return conversation.message_count
 
     @admin.display(ordering="total_tokens", description="tokens")
-    def total_tokens(self, conversation: Conversation) -> int:
+    def total_tokens(self, conversation: WithAnnotations[Conversation, _Totals]) -> int:
         return conversation.total_tokens
 
     @admin.display(ordering="last_reply_status", description="last reply")
-    def last_reply_status(self, conversation: Conversation) -> str:
+    def last_reply_status(self, conversation: WithAnnotations[Conversation, _Totals]) -> str:
         return conversation.last_reply_status or "–"
 
     @admin.action(description="Export selected conversations as JSON")
-    def export_json(self, request: HttpRequest, queryset) -> HttpResponse:
+    def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
         body = json.dumps({"conversations": conversations_export(queryset)}, indent=2)
         response = HttpResponse(body, content_type="application/json")
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
@@ -224,7 +267,7 @@ class ConversationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -242,10 +285,10 @@ class MessageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         dashboard = self.admin_site.admin_view(self.dashboard_view)
         return [
             path("dashboard/", dashboard, name="conversations_message_dashboard"),
@@ -310,15 +353,15 @@ class ApiTokenAdmin(admin.ModelAdmin):
     search_fields = ["name", "owner__username", "prefix"]
     actions = ["revoke"]
 
-    def get_fields(self, request, obj=None):
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ["owner", "name"]
-        return ["owner", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+            return ("owner", "name")
+        return ("owner", "name", "prefix", "created_at", "last_used_at", "revoked_at")
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
         return [] if obj is None else ["owner", "prefix", "created_at", "last_used_at"]
 
-    def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
@@ -327,7 +370,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         messages.warning(request, f"The new token is {raw} — copy it now; it is not shown again.")
 
     @admin.action(description="Revoke selected tokens")
-    def revoke(self, request: HttpRequest, queryset) -> None:
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"{count} token(s) revoked.")
 
@@ -346,15 +389,18 @@ class UsageDayAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "model"]
     date_hierarchy = "day"
 
-    def get_queryset(self, request: HttpRequest):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageDay]:
         total = F("prompt_tokens") + F("completion_tokens")
-        return super().get_queryset(request).annotate(total=total)
+        annotated: QuerySet[UsageDay] = super().get_queryset(request).annotate(total=total)
+        return annotated
 
     @admin.display(ordering="total", description="total tokens")
-    def total_tokens(self, usage: UsageDay) -> int:
+    def total_tokens(self, usage: WithAnnotations[UsageDay, _UsageTotal]) -> int:
         return usage.total
 
-    def changelist_view(self, request: HttpRequest, extra_context=None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         if context is not None and "cl" in context:
@@ -373,10 +419,10 @@ class UsageDayAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
         return False
 
 

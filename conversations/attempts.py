@@ -17,9 +17,11 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.utils.cache import add_never_cache_headers
 from django_ratelimit.core import get_usage
@@ -36,6 +38,8 @@ logger = logging.getLogger(__name__)
 # One IPv6 host usually holds a whole /64: counting single addresses would let it rotate freely
 # (django-ratelimit's own "ip" key masks the same way).
 IPV6_PREFIX = 64
+
+View = Callable[..., HttpResponseBase]
 
 
 def ip_key(group: str, request: HttpRequest) -> str:
@@ -78,11 +82,11 @@ SIGN_UP = (AttemptLimit("sign-up:ip", ip_key, "CHAT_SIGNUP_RATE_PER_IP"),)
 RATE_SETTINGS = tuple(limit.setting for limit in SIGN_IN + SIGN_UP)
 
 
-def attempts_limited(limits: tuple[AttemptLimit, ...]) -> Callable:
+def attempts_limited(limits: tuple[AttemptLimit, ...]) -> Callable[[View], View]:
     """Decorate a form view so that its POSTs count against every limit in ``limits``; past
     any of them the view is not run and the visitor gets the 429 page."""
 
-    def decorator(view: Callable) -> Callable:
+    def decorator(view: View) -> View:
         counted = view
         for limit in reversed(limits):
             counted = ratelimit(
@@ -90,9 +94,10 @@ def attempts_limited(limits: tuple[AttemptLimit, ...]) -> Callable:
             )(counted)
 
         @wraps(view)
-        def limited_view(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        def limited_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             try:
-                return counted(request, *args, **kwargs)
+                response: HttpResponseBase = counted(request, *args, **kwargs)
+                return response
             except Ratelimited:
                 retry_after = seconds_until_allowed(request, limits)
                 return too_many_attempts(request, retry_after=retry_after)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
 from .errors import ApiError
@@ -31,7 +34,7 @@ def bearer_token(request: HttpRequest) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-async def api_auser(request: HttpRequest) -> AbstractBaseUser:
+async def api_auser(request: HttpRequest) -> User:
     """The caller, or ApiError(401). A request with Authorization never falls back to the session,
     which is what makes exempting such requests from CSRF safe."""
     token = bearer_token(request)
@@ -49,7 +52,7 @@ async def api_auser(request: HttpRequest) -> AbstractBaseUser:
 
 
 @sync_to_async
-def _session_auser(request: HttpRequest) -> AbstractBaseUser:
+def _session_auser(request: HttpRequest) -> User:
     if not request.user.is_authenticated:
         raise not_authenticated()
     return request.user
@@ -62,7 +65,8 @@ def exempt_token_requests_from_csrf(request: HttpRequest) -> None:
     if request.path.startswith("/api/") and (
         bearer_token(request) is not None or settings.SESSION_COOKIE_NAME not in request.COOKIES
     ):
-        request._dont_enforce_csrf_checks = True
+        # Django's private flag, the one its own test client sets; not in the stubs.
+        request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
 
 
 def is_same_origin(request: HttpRequest) -> bool:
@@ -95,27 +99,31 @@ def require_same_origin_session(request: HttpRequest) -> None:
         )
 
 
-def require_staff(user: AbstractBaseUser) -> None:
+def require_staff(user: User) -> None:
     """ApiError(403) unless ``user`` is staff (signed in, or by one of their API tokens)."""
     if not getattr(user, "is_staff", False):
         raise ApiError(403, "staff_only", "Only staff may use this endpoint.")
 
 
 @sync_and_async_middleware
-def bearer_csrf_exempt_middleware(get_response):
+def bearer_csrf_exempt_middleware(
+    get_response: Callable[[HttpRequest], Any],
+) -> Callable[[HttpRequest], Any]:
     """Requests without ambient credentials are exempt from CSRF (see
     exempt_token_requests_from_csrf). Goes before CsrfViewMiddleware. Session requests that
     change state are still checked."""
     if iscoroutinefunction(get_response):
 
-        async def middleware(request):
+        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
             exempt_token_requests_from_csrf(request)
-            return await get_response(request)
+            response: HttpResponseBase = await get_response(request)
+            return response
 
-    else:
+        return amiddleware
 
-        def middleware(request):
-            exempt_token_requests_from_csrf(request)
-            return get_response(request)
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        exempt_token_requests_from_csrf(request)
+        response: HttpResponseBase = get_response(request)
+        return response
 
     return middleware

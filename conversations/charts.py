@@ -68,7 +68,7 @@ def nice_ceiling(value: int) -> int:
     if value <= 4:
         return max(value, 1)
     power = 10 ** math.floor(math.log10(value))
-    return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
+    return int(next(step * power for step in (1, 2, 5, 10) if step * power >= value))
 
 
 def stacked_bar_chart(
@@ -92,7 +92,7 @@ def stacked_bar_chart(
     labels = []
     for index, (label, values) in enumerate(columns):
         x = LEFT + index * column_width + (column_width - bar_width) / 2
-        y = baseline
+        y = float(baseline)
         segments = []
         for name in series:
             value = values.get(name, 0)

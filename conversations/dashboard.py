@@ -16,10 +16,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import tzinfo as tzinfo_type
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Aggregate, Count, F, FloatField, IntegerField, Q, QuerySet, Sum
+from django.db.models import (
+    Aggregate,
+    Count,
+    Expression,
+    F,
+    FloatField,
+    IntegerField,
+    Q,
+    QuerySet,
+    Sum,
+)
 from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 
@@ -38,7 +50,7 @@ class PercentileCont(Aggregate):
     template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
     output_field = FloatField()
 
-    def __init__(self, expression, *, fraction: float, **extra) -> None:
+    def __init__(self, expression: str | Expression, *, fraction: float, **extra: Any) -> None:
         super().__init__(expression, fraction=repr(float(fraction)), **extra)
 
 
@@ -130,7 +142,9 @@ def _days(last: datetime, count: int) -> list[datetime]:
     return [timezone.make_aware(datetime(d.year, d.month, d.day), last.tzinfo) for d in days]
 
 
-def reply_period(*, label: str, unit: str, starts: list[datetime], tzinfo) -> ReplyPeriod:
+def reply_period(
+    *, label: str, unit: str, starts: list[datetime], tzinfo: tzinfo_type | None
+) -> ReplyPeriod:
     """The figures of the replies started from ``starts[0]`` on, bucketed at ``starts``."""
     since = starts[0]
     replies = replies_since(since)
@@ -168,11 +182,13 @@ def reply_period(*, label: str, unit: str, starts: list[datetime], tzinfo) -> Re
     if on_postgresql:
         p50, p95 = figures["p50"], figures["p95"]
     else:
-        ordered = list(
-            replies.filter(ttft_ms__isnull=False)
+        ordered = [
+            ttft
+            for ttft in replies.filter(ttft_ms__isnull=False)
             .order_by("ttft_ms")
             .values_list("ttft_ms", flat=True)
-        )
+            if ttft is not None
+        ]
         p50, p95 = percentile(ordered, 0.5), percentile(ordered, 0.95)
     tokens_per_second = None
     if figures["sending_ms"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -89,7 +89,7 @@ def chat_request_from_query(query: QueryDict) -> ChatRequest:
     check_storable(message, "message")
     raw_id = query.get("conversation_id")
     conversation_id = None
-    if raw_id not in (None, ""):
+    if raw_id:  # neither absent nor empty
         conversation_id = positive_integer(raw_id, "conversation_id")
     return ChatRequest(
         message=message, conversation_id=conversation_id, model=model_from(query.get("model"))
@@ -121,6 +121,7 @@ def json_body(request: HttpRequest, *, max_bytes: int) -> object:
 
 def too_deep(value: object, depth: int) -> bool:
     """Whether ``value`` has lists or objects nested more than ``depth`` levels."""
+    children: Iterable[object]
     if isinstance(value, dict):
         children = value.values()
     elif isinstance(value, list):

@@ -18,8 +18,10 @@ import re
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -28,6 +30,9 @@ from redis.exceptions import RedisError
 
 from .errors import Busy, Unavailable
 from .redis_client import key_prefix, redis_client
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +52,11 @@ def is_trusted_proxy(address: str) -> bool:
 
 def client_ip(request: HttpRequest) -> str:
     """The socket's address, or, behind trusted proxies, the first untrusted X-Forwarded-For hop."""
-    address = request.META.get("REMOTE_ADDR", "")
+    address: str = request.META.get("REMOTE_ADDR", "")
     if not is_trusted_proxy(address):
         return address
-    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    forwarded: str = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
     for hop in reversed(hops):
         if not is_trusted_proxy(hop):
             return hop
@@ -124,7 +130,7 @@ return count
 
 
 class RedisRequestCounter(RequestCounter):
-    def __init__(self, rate: Rate, *, client, prefix: str) -> None:
+    def __init__(self, rate: Rate, *, client: redis.asyncio.Redis, prefix: str) -> None:
         super().__init__(rate)
         self.prefix = prefix
         self._count = client.register_script(COUNT_SCRIPT)
@@ -213,7 +219,7 @@ class _Local:
 class LocalStreamSlots(StreamSlots):
     """Slots for one process; waiters are served first in, first out."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._owners: dict[str, _Local] = {}
         self._tokens = itertools.count()
@@ -243,7 +249,7 @@ class LocalStreamSlots(StreamSlots):
             if not granted.done():
                 state.waiters.remove(entry)
                 granted.cancel()
-            elif asyncio.current_task().cancelling():
+            elif (task := asyncio.current_task()) is not None and task.cancelling():
                 await Slot(owner, token, self).release()
         if granted.cancelled():
             raise streams_busy(self.retry_after, "no slot freed in time")
@@ -295,7 +301,7 @@ class RedisStreamSlots(StreamSlots):
 
     poll_seconds = 0.05
 
-    def __init__(self, *, client, prefix: str, **kwargs) -> None:
+    def __init__(self, *, client: redis.asyncio.Redis, prefix: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.redis = client
         self.prefix = prefix
@@ -306,7 +312,7 @@ class RedisStreamSlots(StreamSlots):
 
     async def _try(self, owner: str, member: str) -> int:
         now = time.time()
-        args = [now, now + self.ttl, self.limit, member, self.queue_length]
+        args: list[float | str] = [now, now + self.ttl, self.limit, member, self.queue_length]
         args.append(now - self.wait_seconds - 5)
         return int(await self._acquire(keys=self._keys(owner), args=args))
 
@@ -336,7 +342,7 @@ class RedisStreamSlots(StreamSlots):
 
 
 @contextlib.contextmanager
-def redis_failures_as_503():
+def redis_failures_as_503() -> Iterator[None]:
     """Redis unreachable: the limits cannot be checked, so the request is refused (logged for
     operators), not failed."""
     try:

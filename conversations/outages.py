@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TypeGuard
 
 from django.db import InterfaceError, OperationalError
 
@@ -24,7 +25,9 @@ QUIET_SECONDS = 60.0
 _last_failure = float("-inf")
 
 
-def is_database_unavailable(error: BaseException | None) -> bool:
+def is_database_unavailable(
+    error: BaseException | None,
+) -> TypeGuard[OperationalError | InterfaceError]:
     return isinstance(error, OperationalError | InterfaceError)
 
 

@@ -7,20 +7,26 @@ all start with the deployment's CACHE_KEY_PREFIX, so deployments sharing a Redis
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
 
 @cache
-def redis_client():
+def redis_client() -> redis.asyncio.Redis:
     """This process's asyncio client (its connection pool)."""
     import redis.asyncio
 
-    return redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    return client
 
 
 @cache
-def sync_redis_client():
+def sync_redis_client() -> redis.Redis:
     """A synchronous client, for management commands and worker threads."""
     import redis
 
@@ -28,4 +34,4 @@ def sync_redis_client():
 
 
 def key_prefix() -> str:
-    return settings.CACHES["default"].get("KEY_PREFIX", "chatsite")
+    return str(settings.CACHES["default"].get("KEY_PREFIX", "chatsite"))

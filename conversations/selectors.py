@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.contrib.postgres.search import SearchQuery
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
@@ -23,16 +23,16 @@ SEARCH_TERM = re.compile(r"\w+")
 SNIPPET_CHARS = 120
 
 
-def conversation_list_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:
+def conversation_list_for_user(user: User) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user).only("id", "title", "updated_at")
 
 
-def conversation_get_for_user(user: AbstractBaseUser, conversation_id: int) -> Conversation:
+def conversation_get_for_user(user: User, conversation_id: int) -> Conversation:
     """The caller's conversation, or Http404 (also for someone else's)."""
     return get_object_or_404(Conversation, pk=conversation_id, owner=user)
 
 
-def message_get_for_user(user: AbstractBaseUser, conversation_id: int, message_id: int) -> Message:
+def message_get_for_user(user: User, conversation_id: int, message_id: int) -> Message:
     return get_object_or_404(
         Message, pk=message_id, conversation_id=conversation_id, conversation__owner=user
     )
@@ -51,7 +51,7 @@ def message_version(message: Message) -> Version:
     return Tree(siblings.only("id", "parent_id")).version(message)
 
 
-def conversation_api_list_for_user(user: AbstractBaseUser) -> QuerySet[Conversation]:
+def conversation_api_list_for_user(user: User) -> QuerySet[Conversation]:
     return (
         Conversation.objects.filter(owner=user)
         .annotate(message_count=Count("messages"))
@@ -59,7 +59,7 @@ def conversation_api_list_for_user(user: AbstractBaseUser) -> QuerySet[Conversat
     )
 
 
-async def conversation_aget_owned(user: AbstractBaseUser, conversation_id: int) -> Conversation:
+async def conversation_aget_owned(user: User, conversation_id: int) -> Conversation:
     """The caller's conversation, or NotFound (also for someone else's)."""
     conversation = await Conversation.objects.filter(pk=conversation_id, owner=user).afirst()
     if conversation is None:
@@ -67,7 +67,7 @@ async def conversation_aget_owned(user: AbstractBaseUser, conversation_id: int) 
     return conversation
 
 
-async def message_aget_owned(user: AbstractBaseUser, message_id: int) -> Message:
+async def message_aget_owned(user: User, message_id: int) -> Message:
     message = await Message.objects.filter(pk=message_id, conversation__owner=user).afirst()
     if message is None:
         raise NotFound("message_not_found", "No such message.")
@@ -84,7 +84,7 @@ class ConversationPage:
 
 
 async def conversation_apage_for_user(
-    user: AbstractBaseUser, *, query: str | None, page: int, page_size: int
+    user: User, *, query: str | None, page: int, page_size: int
 ) -> ConversationPage:
     """One page of the user's conversations, newest first; with a search ``query``, only
     those that match it, with snippets."""
@@ -114,9 +114,7 @@ def prefix_query(terms: list[str]) -> SearchQuery:
     return SearchQuery(raw, search_type="raw", config=SEARCH_CONFIG)
 
 
-def conversation_search_for_user(
-    user: AbstractBaseUser, terms: list[str]
-) -> QuerySet[Conversation]:
+def conversation_search_for_user(user: User, terms: list[str]) -> QuerySet[Conversation]:
     """The user's conversations whose title, or one of whose messages, has every term (as a
     word prefix), newest first. On PostgreSQL by full-text search on the GIN indexes
     ``conversation_title_search`` and ``message_content_search``; elsewhere by ``icontains``.

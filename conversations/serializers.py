@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from .models import Conversation, Message
 from .usage import DayUsage, UsageSummary, UsageTotals, iso_utc
 from .versions import Tree
 
 
-def isoformat_or_none(value) -> str | None:
+def isoformat_or_none(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def conversation_summary(conversation: Conversation) -> dict:
+def conversation_summary(conversation: Conversation) -> dict[str, Any]:
     return {
         "id": conversation.pk,
         "title": conversation.title,
@@ -22,7 +25,7 @@ def conversation_summary(conversation: Conversation) -> dict:
     }
 
 
-def message_detail(message: Message) -> dict:
+def message_detail(message: Message) -> dict[str, Any]:
     return {
         "id": message.pk,
         "parent_id": message.parent_id,
@@ -47,7 +50,7 @@ def message_detail(message: Message) -> dict:
     }
 
 
-def conversation_detail(conversation: Conversation, messages: list[Message]) -> dict:
+def conversation_detail(conversation: Conversation, messages: list[Message]) -> dict[str, Any]:
     """The conversation with every message, each version included (``parent_id`` links them),
     and the ids of the path shown, root to leaf."""
     path = Tree(messages).path(conversation.current_leaf_id)

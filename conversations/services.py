@@ -6,10 +6,10 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
@@ -79,7 +79,7 @@ class Turn(NamedTuple):
     content: str
 
 
-def conversation_tree(conversation_id: int) -> Tree:
+def conversation_tree(conversation_id: int) -> Tree[Turn]:
     """Every message of the conversation, in the order written, as a version tree."""
     rows = Message.objects.filter(conversation_id=conversation_id).order_by("created_at", "id")
     return Tree(Turn(*row) for row in rows.values_list("pk", "parent_id", "role", "content"))
@@ -99,7 +99,9 @@ def prompt_from(system_prompt: str, turns: Iterable[ChatMessage | Turn]) -> list
     return prompt
 
 
-def reply_parent(tree: Tree, chat_request: ChatRequest, *, shown_leaf: int | None) -> int | None:
+def reply_parent(
+    tree: Tree[Turn], chat_request: ChatRequest, *, shown_leaf: int | None
+) -> int | None:
     """The message a new reply's first row follows: the saved message a regenerated reply
     answers, the parent of an edited message, else the last message shown."""
     if chat_request.regenerate_of is not None:
@@ -122,7 +124,7 @@ def reply_parent(tree: Tree, chat_request: ChatRequest, *, shown_leaf: int | Non
 
 def reply_open(
     *,
-    user: AbstractBaseUser,
+    user: User,
     chat_request: ChatRequest,
     default_model: str,
     default_system_prompt: str,
@@ -185,7 +187,7 @@ class NewConversation:
     @classmethod
     def of(
         cls,
-        user: AbstractBaseUser,
+        user: User,
         chat_request: ChatRequest,
         default_model: str,
         default_system_prompt: str,
@@ -226,7 +228,7 @@ class NewConversation:
 
 async def reply_aopen_new(
     *,
-    user: AbstractBaseUser,
+    user: User,
     chat_request: ChatRequest,
     default_model: str,
     default_system_prompt: str,
@@ -284,7 +286,7 @@ CONVERSATION_COLUMNS = ("owner", "title", "system_prompt", "model", "created_at"
 
 def new_conversation(
     *,
-    user: AbstractBaseUser,
+    user: User,
     chat_request: ChatRequest,
     model: str,
     default_system_prompt: str,
@@ -306,7 +308,7 @@ def conversation_values(conversation: Conversation) -> list:
 
 
 def conversation_lock_for_reply(
-    *, user: AbstractBaseUser, conversation_id: int, now: datetime, model: str | None = None
+    *, user: User, conversation_id: int, now: datetime, model: str | None = None
 ) -> Conversation:
     """Mark the conversation active (and, given a ``model``, switch it to that one), which also
     locks its row until the transaction ends so concurrent replies to it are saved in order;
@@ -338,7 +340,9 @@ MessageRow = tuple[str, str, str, str]
 
 def message_rows(history: list[ChatMessage], message: str, model: str) -> list[MessageRow]:
     """The rows a reply opens with: the client's history, the user's message, the reply."""
-    rows = [(item["role"], item["content"], Message.Status.COMPLETE, "") for item in history]
+    rows: list[MessageRow] = [
+        (item["role"], item["content"], Message.Status.COMPLETE, "") for item in history
+    ]
     rows.append((Message.Role.USER, message, Message.Status.COMPLETE, ""))
     rows.append((Message.Role.ASSISTANT, "", Message.Status.STREAMING, model))
     return rows
@@ -401,7 +405,7 @@ def new_conversation_prompt(chat_request: ChatRequest, default_system_prompt: st
     return prompt
 
 
-def reply_open_and_release(**kwargs) -> OpenedReply:
+def reply_open_and_release(**kwargs: Any) -> OpenedReply:
     """reply_open, then hand this thread's database connection back to the pool: a reply
     streams for seconds or minutes and must not hold a connection meanwhile."""
     try:
@@ -498,7 +502,7 @@ def _finalised(updated: int, message_id: int, status: str) -> bool:
     return bool(updated)
 
 
-def message_finalize_and_release(**kwargs) -> bool:
+def message_finalize_and_release(**kwargs: Any) -> bool:
     """message_finalize, then hand the worker thread's connection back to the pool."""
     try:
         return message_finalize(**kwargs)
@@ -540,9 +544,7 @@ def message_checkpoint(*, message_id: int, content: str) -> None:
 message_acheckpoint = sync_to_async(message_checkpoint, thread_sensitive=False)
 
 
-async def conversation_arename(
-    *, user: AbstractBaseUser, conversation_id: int, title: str
-) -> Conversation:
+async def conversation_arename(*, user: User, conversation_id: int, title: str) -> Conversation:
     """Give the caller's conversation a title of their own; NotFound for anyone else's. Its
     last activity is left as it was: a rename does not move it up the list."""
     renamed = await Conversation.objects.filter(pk=conversation_id, owner=user).aupdate(title=title)
@@ -573,7 +575,7 @@ conversation_aset_generated_title = sync_to_async(
 )
 
 
-def conversation_show_version(*, user: AbstractBaseUser, message_id: int) -> tuple[int, list[int]]:
+def conversation_show_version(*, user: User, message_id: int) -> tuple[int, list[int]]:
     """Show the version ``message_id`` of its turn, and below it the newest of its
     descendants; the conversation and the ids of the path now shown. NotFound unless the
     caller owns the message."""

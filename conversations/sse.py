@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable
+from typing import Any
 
 from django.http import StreamingHttpResponse
 
@@ -39,7 +40,7 @@ def encode_json_data(payload: object) -> bytes:
 class EventStreamResponse(StreamingHttpResponse):
     """A streaming ``text/event-stream`` response that proxies and browsers will not buffer."""
 
-    def __init__(self, frames: AsyncIterator[bytes], **kwargs) -> None:
+    def __init__(self, frames: AsyncIterable[bytes], **kwargs: Any) -> None:
         super().__init__(frames, content_type="text/event-stream", **kwargs)
         self["Cache-Control"] = "no-cache"
         self["X-Accel-Buffering"] = "no"

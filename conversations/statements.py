@@ -19,10 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Model
+from django.db.models import Field, Model
+
+_M = TypeVar("_M", bound=Model)
 
 
 @cache
@@ -34,9 +37,18 @@ def adapter() -> BaseDatabaseWrapper:
     return connections.create_connection(DEFAULT_DB_ALIAS)
 
 
+def concrete_field(model: type[Model], name: str) -> Field[Any, Any]:
+    """The field ``name`` of ``model`` that has a column (``get_field`` also finds the reverse
+    side of a relation, which has none)."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field):
+        raise TypeError(f"{model.__name__}.{name} has no column")
+    return field
+
+
 @cache
-def _columns(model: type[Model], names: tuple[str, ...]) -> tuple[list, list[str]]:
-    fields = [model._meta.get_field(name) for name in names]
+def _columns(model: type[Model], names: tuple[str, ...]) -> tuple[list[Field[Any, Any]], list[str]]:
+    fields = [concrete_field(model, name) for name in names]
     return fields, [adapter().ops.quote_name(field.column) for field in fields]
 
 
@@ -56,7 +68,7 @@ def _insert_sql(model: type[Model], names: tuple[str, ...], rows: int) -> str:
 
 
 @cache
-def _defaulted(model: type[Model], names: tuple[str, ...]) -> tuple:
+def _defaulted(model: type[Model], names: tuple[str, ...]) -> tuple[Field[Any, Any], ...]:
     """The model's fields with a default that ``names`` leaves out (the database has no
     default of its own for them: Django applies defaults itself)."""
     given = set(names)
@@ -67,7 +79,9 @@ def _defaulted(model: type[Model], names: tuple[str, ...]) -> tuple:
     )
 
 
-def _completed(model: type[Model], names: tuple[str, ...], rows: Sequence[Sequence]):
+def _completed(
+    model: type[Model], names: tuple[str, ...], rows: Sequence[Sequence[Any]]
+) -> tuple[tuple[str, ...], Sequence[Sequence[Any]]]:
     """``names`` and ``rows`` with the left-out fields that have a default, so that a field
     added with a default cannot break an insert that does not name it."""
     defaulted = _defaulted(model, names)
@@ -77,7 +91,9 @@ def _completed(model: type[Model], names: tuple[str, ...], rows: Sequence[Sequen
     return names, [(*row, *(field.get_default() for field in defaulted)) for row in rows]
 
 
-def insert_rows(model: type[Model], names: Sequence[str], rows: Sequence[Sequence]) -> list[int]:
+def insert_rows(
+    model: type[Model], names: tuple[str, ...], rows: Sequence[Sequence[Any]]
+) -> list[int]:
     """Insert ``rows`` (values in the order of ``names``) in one statement; their primary keys."""
     names, rows = _completed(model, tuple(names), rows)
     params = [value for row in rows for value in _prepared(model, names, row)]
@@ -95,13 +111,14 @@ def update_sql(model: type[Model], names: tuple[str, ...], keys: tuple[str, ...]
     return f"UPDATE {_table(model)} SET {assignments} WHERE {condition}"
 
 
-def update_rows(model: type[Model], values: dict, where: dict) -> int:
+def update_rows(model: type[Model], values: dict[str, Any], where: dict[str, Any]) -> int:
     """``UPDATE … SET values WHERE`` every ``where`` field equals its value; rows changed."""
     names, keys = tuple(values), tuple(where)
     params = _prepared(model, names, values.values()) + _prepared(model, keys, where.values())
     with connection.cursor() as cursor:
         cursor.execute(update_sql(model, names, keys), params)
-        return cursor.rowcount
+        changed: int = cursor.rowcount
+        return changed
 
 
 def insert_chain(
@@ -131,11 +148,11 @@ def insert_chain(
 
 def insert_with_children(
     parent: type[Model],
-    names: Sequence[str],
-    values: Sequence,
+    names: tuple[str, ...],
+    values: Sequence[Any],
     child: type[Model],
-    child_names: Sequence[str],
-    children: Sequence[Sequence],
+    child_names: tuple[str, ...],
+    children: Sequence[Sequence[Any]],
     *,
     chain: str | None = None,
 ) -> tuple[int, list[int]]:
@@ -238,7 +255,7 @@ def _insert_chain_sql(
     _, columns = _columns(model, names)
     quote = adapter().ops.quote_name
     pk = quote(model._meta.pk.column)
-    chain_column = quote(model._meta.get_field(chain).column)
+    chain_column = quote(concrete_field(model, chain).column)
     aliases = ", ".join(f"v{index}" for index in range(len(columns)))
     row = ", ".join(["%s"] * len(columns))
     sequence = f"pg_get_serial_sequence('{_table(model)}', '{model._meta.pk.column}')"
@@ -314,10 +331,10 @@ def _on_conflict_add(model: type[Model], keys: tuple[str, ...], amounts: tuple[s
 
 def update_with_parent(
     model: type[Model],
-    values: dict,
-    where: dict,
+    values: dict[str, Any],
+    where: dict[str, Any],
     link: str,
-    parent_values: dict,
+    parent_values: dict[str, Any],
     *,
     addition: Addition | None = None,
 ) -> int:
@@ -325,18 +342,19 @@ def update_with_parent(
     the updated ones point to through ``link`` and, given an ``addition``, add to its row, once
     if a row was updated and not at all if none was; how many ``model`` rows were updated."""
     names, keys, parent_names = tuple(values), tuple(where), tuple(parent_values)
-    link = model._meta.get_field(link)
+    parent = _related_model(model, link)
     params = (
         _prepared(model, names, values.values())
         + _prepared(model, keys, where.values())
-        + _prepared(link.related_model, parent_names, parent_values.values())
+        + _prepared(parent, parent_names, parent_values.values())
     )
     added = None
     if addition is not None:
         added = (addition.model, tuple(addition.keys), tuple(addition.amounts))
         params += addition.params()
+    updated: int
     with connection.cursor() as cursor:
-        sql = _update_with_parent_sql(model, names, keys, link.name, parent_names, added)
+        sql = _update_with_parent_sql(model, names, keys, link, parent_names, added)
         cursor.execute(sql, params)
         [(updated,)] = cursor.fetchall()
     return updated
@@ -351,8 +369,8 @@ def _update_with_parent_sql(
     parent_names: tuple[str, ...],
     added: tuple[type[Model], tuple[str, ...], tuple[str, ...]] | None = None,
 ) -> str:
-    link = model._meta.get_field(link)
-    parent = link.related_model
+    link_column = concrete_field(model, link).column
+    parent = _related_model(model, link)
     quote = adapter().ops.quote_name
     _, parent_columns = _columns(parent, parent_names)
     assignments = ", ".join(f"{column} = %s" for column in parent_columns)
@@ -361,24 +379,34 @@ def _update_with_parent_sql(
         counter, counter_keys, amounts = added
         fields, columns = _columns(counter, counter_keys + amounts)
         # Typed, as a SELECT list gives its parameters no type of their own to take.
-        typed = ", ".join(f"CAST(%s AS {field.cast_db_type(adapter())})" for field in fields)
+        # Field.cast_db_type is Django's own (what Cast uses), undocumented, not in the stubs.
+        casts = [field.cast_db_type(adapter()) for field in fields]  # type: ignore[attr-defined]
+        typed = ", ".join(f"CAST(%s AS {cast})" for cast in casts)
         addition = (
             f", added AS (INSERT INTO {_table(counter)} ({', '.join(columns)}) "
             f"SELECT {typed} FROM updated {_on_conflict_add(counter, counter_keys, amounts)})"
         )
     return (
-        f"WITH updated AS ({update_sql(model, names, keys)} RETURNING {quote(link.column)}), "
+        f"WITH updated AS ({update_sql(model, names, keys)} RETURNING {quote(link_column)}), "
         f"parent AS (UPDATE {_table(parent)} SET {assignments} "
-        f"WHERE {quote(parent._meta.pk.column)} IN (SELECT {quote(link.column)} FROM updated))"
+        f"WHERE {quote(parent._meta.pk.column)} IN (SELECT {quote(link_column)} FROM updated))"
         f"{addition} SELECT count(*) FROM updated"
     )
 
 
-def _link(child: type[Model], parent: type[Model]):
+def _link(child: type[Model], parent: type[Model]) -> Field[Any, Any]:
     return next(f for f in child._meta.concrete_fields if f.related_model is parent)
 
 
-def _prepared(model: type[Model], names: tuple[str, ...], values: Iterable) -> list:
+def _related_model(model: type[Model], link: str) -> type[Model]:
+    """The model that ``model``'s foreign key ``link`` points to."""
+    related = concrete_field(model, link).related_model
+    if not isinstance(related, type):  # None for a plain field; "self" is resolved by now
+        raise TypeError(f"{model.__name__}.{link} is not a foreign key")
+    return related
+
+
+def _prepared(model: type[Model], names: tuple[str, ...], values: Iterable[Any]) -> list[Any]:
     fields, _ = _columns(model, names)
     wrapper = adapter()
     return [
@@ -386,7 +414,7 @@ def _prepared(model: type[Model], names: tuple[str, ...], values: Iterable) -> l
     ]
 
 
-def as_saved(instance: Model) -> Model:
+def as_saved(instance: _M) -> _M:
     """Mark an instance built from values just written as loaded from the database."""
     instance._state.adding = False
     instance._state.db = DEFAULT_DB_ALIAS

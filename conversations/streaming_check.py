@@ -250,7 +250,7 @@ def streaming_check(
             check.content_encoding = response.headers.get("Content-Encoding", "").strip().lower()
             last_byte = started
             for kind, data, received in _events(response):
-                if kind is None:
+                if kind is None or received is None:
                     break
                 check.longest_gap_ms = max(check.longest_gap_ms, (received - last_byte) * 1000)
                 last_byte = received

@@ -3,7 +3,7 @@ the response body that attaches to a reply at a position and detaches when it en
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from .models import Message
 from .replies import Finished, Reply
@@ -71,7 +71,7 @@ class JsonFramer:
         )
 
 
-async def saved_reply_frames(message: Message, *, after: int) -> AsyncIterator[bytes]:
+async def saved_reply_frames(message: Message, *, after: int) -> AsyncGenerator[bytes, None]:
     """The frames of a reply that ended and whose tokens are no longer kept, in the POST
     stream's format: its saved text as one token frame (sent when ``after`` is 0), then the
     final frame."""
@@ -140,7 +140,7 @@ async def relay(
             position += len(tokens)
             frames = [framer.token(token) for token in tokens]
             if reply.finished is not None and position == reply.token_count:
-                frames.append(framer.end(reply.finished, reply.conversation_id, reply.message_id))
+                frames.append(framer.end(reply.finished, *reply.rows))
                 yield b"".join(frames)
                 return
             yield b"".join(frames)

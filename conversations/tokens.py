@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import cache, partial
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import DEFAULT_DB_ALIAS, connection
+from django.db.models import Field
+from django.db.models.expressions import Col
 from django.utils import timezone
 
 from . import asyncdb, statements
@@ -25,7 +28,7 @@ def token_digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def api_token_create(*, owner: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
+def api_token_create(*, owner: User, name: str = "") -> tuple[ApiToken, str]:
     """A new token; the raw value is returned here once and never stored."""
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
@@ -34,7 +37,7 @@ def api_token_create(*, owner: AbstractBaseUser, name: str = "") -> tuple[ApiTok
     return token, raw
 
 
-def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
+def api_token_authenticate(raw: str) -> User | None:
     """The active owner of a live token, or None; last use is recorded at most once a minute.
 
     One hand-written query, as the ORM's compilation of it cost more than the query itself.
@@ -50,7 +53,7 @@ def api_token_authenticate(raw: str) -> AbstractBaseUser | None:
     return owner
 
 
-async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
+async def api_token_aauthenticate(raw: str) -> User | None:
     """api_token_authenticate on the event loop where the database allows it."""
     if not asyncdb.available():
         return await _api_token_authenticate_in_thread(raw)
@@ -59,7 +62,12 @@ async def api_token_aauthenticate(raw: str) -> AbstractBaseUser | None:
     # would build a connection object for each request's context on the event loop.
     rows = await asyncdb.fetchall(_owner_sql(), [now - LAST_USED_RESOLUTION, token_digest(raw)])
     owner, token_id, last_use_is_stale = _owner_from(rows[0] if rows else None)
-    if owner is not None and last_use_is_stale and token_id not in _last_use_being_recorded:
+    if (
+        owner is not None
+        and token_id is not None
+        and last_use_is_stale
+        and token_id not in _last_use_being_recorded
+    ):
         # The reply need not wait for this bookkeeping: it runs beside the request, once at a
         # time per token (a burst of requests would otherwise queue an update each).
         _last_use_being_recorded.add(token_id)
@@ -78,7 +86,7 @@ _last_use_being_recorded: set[int] = set()
 _api_token_authenticate_in_thread = sync_to_async(api_token_authenticate)
 
 
-def _owner_from(row: tuple | None) -> tuple[AbstractBaseUser | None, int | None, bool]:
+def _owner_from(row: Sequence[Any] | None) -> tuple[User | None, int | None, bool]:
     """The active owner in a row of _owner_sql, the token's id and whether its last use is stale."""
     if row is None:
         return None, None, False
@@ -93,15 +101,15 @@ def _owner_from(row: tuple | None) -> tuple[AbstractBaseUser | None, int | None,
 
 
 @cache
-def _user_fields() -> tuple:
+def _user_fields() -> tuple[Field[Any, Any], ...]:
     return tuple(get_user_model()._meta.concrete_fields)
 
 
 @cache
-def _user_columns() -> tuple[list[str], list[tuple[int, Callable]]]:
+def _user_columns() -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
     """The user's attribute names in _owner_sql's order, and the database's value converters
     (SQLite returns booleans as 0/1 and datetimes as text) by position."""
-    converters = []
+    converters: list[tuple[int, Callable[[Any], Any]]] = []
     for index, field in enumerate(_user_fields()):
         column = field.cached_col
         steps = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
@@ -110,7 +118,7 @@ def _user_columns() -> tuple[list[str], list[tuple[int, Callable]]]:
     return [field.attname for field in _user_fields()], converters
 
 
-def _convert(steps: list[Callable], column, value):
+def _convert(steps: list[Callable[..., Any]], column: Col, value: Any) -> Any:
     for step in steps:
         value = step(value, column, connection)
     return value
@@ -123,7 +131,7 @@ def _owner_sql() -> str:
     user_columns = ", ".join(f"u.{quote(field.column)}" for field in _user_fields())
 
     def token(name: str) -> str:
-        return "t." + quote(ApiToken._meta.get_field(name).column)
+        return "t." + quote(statements.concrete_field(ApiToken, name).column)
 
     return (
         f"SELECT {user_columns}, {token('id')}, "

@@ -33,22 +33,28 @@ import contextvars
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from . import asyncdb
+from . import asyncdb, statements
 from .errors import Busy
 from .models import UsageDay, UserQuota
+
+if TYPE_CHECKING:
+    from django.db.models import Model
+
+    from .providers import ChatMessage
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +114,7 @@ def _count(reported: object) -> int | None:
     return None
 
 
-def prompt_chars(prompt) -> int:
+def prompt_chars(prompt: Iterable[ChatMessage]) -> int:
     """The characters of a prompt's messages (once per reply)."""
     return sum(len(message["content"]) for message in prompt)
 
@@ -165,7 +171,10 @@ class QuotaOverrides:
                 )
             if self.user_ids is None:
                 await asyncio.shield(self._loading)
-        return user_id in self.user_ids
+        user_ids = self.user_ids
+        if user_ids is None:  # a failed first load raised above
+            raise RuntimeError("the users with a quota of their own were not loaded")
+        return user_id in user_ids
 
     async def _aload(self) -> None:
         try:
@@ -202,12 +211,12 @@ def quota_overrides() -> QuotaOverrides:
 
 
 @receiver(post_save, sender=UserQuota)
-def _override_saved(sender, instance: UserQuota, **kwargs) -> None:
+def _override_saved(sender: type[UserQuota], instance: UserQuota, **kwargs: Any) -> None:
     quota_overrides().edited(instance.user_id, present=True)
 
 
 @receiver(post_delete, sender=UserQuota)
-def _override_deleted(sender, instance: UserQuota, **kwargs) -> None:
+def _override_deleted(sender: type[UserQuota], instance: UserQuota, **kwargs: Any) -> None:
     quota_overrides().edited(instance.user_id, present=False)
 
 
@@ -232,6 +241,7 @@ class QuotaStanding:
 
 def quota_standing(*, override: int | None, used: int, now: datetime) -> QuotaStanding:
     site = settings.CHAT_DAILY_TOKEN_QUOTA
+    source: str | None
     if override is not None:
         quota, source = (override or None), "user"
     else:
@@ -239,7 +249,7 @@ def quota_standing(*, override: int | None, used: int, now: datetime) -> QuotaSt
     return QuotaStanding(quota, source, used, next_reset(now))
 
 
-async def quota_acheck(*, user: AbstractBaseUser) -> None:
+async def quota_acheck(*, user: User) -> None:
     """Busy ``quota_exceeded`` (with the reset time) if the user has used their tokens for
     today; free with no quota in force for them (see the module's docstring)."""
     if not settings.CHAT_DAILY_TOKEN_QUOTA and not await quota_overrides().ahas(user.pk):
@@ -297,7 +307,7 @@ class UsageSummary:
     """Newest first, today first, a day with no replies included."""
 
 
-async def usage_asummary(*, user: AbstractBaseUser, days: int) -> UsageSummary:
+async def usage_asummary(*, user: User, days: int) -> UsageSummary:
     """The user's usage over the last ``days`` UTC days (today included) per day and model,
     and where they stand against their quota today."""
     now = timezone.now()
@@ -323,8 +333,8 @@ async def usage_asummary(*, user: AbstractBaseUser, days: int) -> UsageSummary:
 def _override_and_used_sql() -> str:
     quote = connection.ops.quote_name
 
-    def column(model, name: str) -> str:
-        return quote(model._meta.get_field(name).column)
+    def column(model: type[Model], name: str) -> str:
+        return quote(statements.concrete_field(model, name).column)
 
     return (
         f"SELECT (SELECT {column(UserQuota, 'daily_tokens')} "
@@ -348,13 +358,15 @@ async def _aoverride_and_used(user_id: int, day: date) -> tuple[int | None, int]
 
 
 @sync_to_async
-def _override_and_used_in_thread(user_id: int, day: date) -> tuple[int | None, int]:
+def _override_and_used_in_thread(user_id: int, day: date) -> tuple[Any, Any]:
+    """The raw row (the caller makes its numbers ints)."""
     with connection.cursor() as cursor:
         cursor.execute(
             _override_and_used_sql(),
             [user_id, user_id, connection.ops.adapt_datefield_value(day)],
         )
-        return cursor.fetchone()
+        row: tuple[Any, Any] = cursor.fetchone()
+        return row
 
 
 @cache

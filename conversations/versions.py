@@ -14,14 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 
 class Node(Protocol):
     """What the tree needs of a message (a Message, or a row read with these columns)."""
 
-    pk: int
-    parent_id: int | None
+    @property
+    def pk(self) -> int: ...
+
+    @property
+    def parent_id(self) -> int | None: ...
+
+
+_N = TypeVar("_N", bound=Node)
 
 
 @dataclass(frozen=True)
@@ -35,17 +41,17 @@ class Version:
     next: int | None
 
 
-class Tree:
+class Tree(Generic[_N]):
     """The messages of one conversation, in the order they were written."""
 
-    def __init__(self, messages: Iterable[Node]) -> None:
+    def __init__(self, messages: Iterable[_N]) -> None:
         self.messages = list(messages)
         self.by_id = {message.pk: message for message in self.messages}
-        self.children: dict[int | None, list[Node]] = {}
+        self.children: dict[int | None, list[_N]] = {}
         for message in self.messages:
             self.children.setdefault(message.parent_id, []).append(message)
 
-    def path(self, leaf_id: int | None = None) -> list[Node]:
+    def path(self, leaf_id: int | None = None) -> list[_N]:
         """Root to ``leaf_id`` (the newest message when None or not in the tree)."""
         leaf = self.by_id.get(leaf_id) if leaf_id is not None else None
         if leaf is None:
@@ -53,7 +59,7 @@ class Tree:
                 return []
             leaf = self.messages[-1]
         path = []
-        node: Node | None = leaf
+        node: _N | None = leaf
         seen = set()
         while node is not None and node.pk not in seen:
             seen.add(node.pk)
@@ -62,7 +68,7 @@ class Tree:
         path.reverse()
         return path
 
-    def path_to(self, message_id: int | None) -> list[Node]:
+    def path_to(self, message_id: int | None) -> list[_N]:
         """Root to ``message_id``; nothing for None (before the first message)."""
         return [] if message_id is None else self.path(message_id)
 
@@ -73,7 +79,7 @@ class Tree:
             node = self.children[node.pk][-1]
         return node.pk
 
-    def version(self, message: Node) -> Version:
+    def version(self, message: _N) -> Version:
         siblings = self.children.get(message.parent_id, [message])
         index = next(i for i, sibling in enumerate(siblings) if sibling.pk == message.pk)
         return Version(
@@ -84,7 +90,7 @@ class Tree:
         )
 
 
-def path_with_versions(messages: Sequence[Node], leaf_id: int | None) -> list[tuple[Node, Version]]:
+def path_with_versions(messages: Sequence[_N], leaf_id: int | None) -> list[tuple[_N, Version]]:
     """The shown path, each message with its place among its versions."""
     tree = Tree(messages)
     return [(message, tree.version(message)) for message in tree.path(leaf_id)]

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncGenerator
 
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
 from django.contrib.auth.views import LoginView
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.views import defaults
@@ -23,7 +26,7 @@ from .auth import require_same_origin_session, require_staff
 from .catalog import model_choice_aget, model_choice_get
 from .diagnostics import diagnostic_frames
 from .errors import error_response
-from .http import api_view, is_api_path
+from .http import ApiRequest, AuthenticatedRequest, api_view, is_api_path
 from .inputs import (
     chat_request_from_json,
     chat_request_from_query,
@@ -71,7 +74,7 @@ from .usage import MAX_USAGE_DAYS, usage_asummary
 
 
 @login_required
-def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpResponse:
+def chat(request: AuthenticatedRequest, conversation_id: int | None = None) -> HttpResponse:
     """The chat page: the sidebar, the selected conversation (if any) and the composer."""
     conversation = None
     if conversation_id is not None:
@@ -88,7 +91,7 @@ def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpRespon
     return render(request, "conversations/chat.html", context)
 
 
-def composer_context(conversation: Conversation | None) -> dict:
+def composer_context(conversation: Conversation | None) -> dict[str, object]:
     """The composer's choices and limits: the models on offer (the open conversation's, or
     the default, selected) and the longest message and system prompt."""
     models = model_choice_get()
@@ -104,7 +107,9 @@ def composer_context(conversation: Conversation | None) -> dict:
 
 
 @login_required
-def message_fragment(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponse:
+def message_fragment(
+    request: AuthenticatedRequest, conversation_id: int, message_id: int
+) -> HttpResponse:
     """One saved message as the page renders it, to replace the streamed copy."""
     message = message_get_for_user(request.user, conversation_id, message_id)
     context = {"message": message, "version": message_version(message)}
@@ -119,7 +124,7 @@ admin_sign_in = attempts_limited(SIGN_IN)(admin.site.login)
 def signup(request: HttpRequest) -> HttpResponse:
     if not settings.CHAT_SIGNUP_ENABLED:
         raise Http404("Sign-up is turned off.")
-    form = UserCreationForm(request.POST or None)
+    form: UserCreationForm[User] = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -128,7 +133,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 
 @api_view("GET", "POST")
-async def chat_stream(request: HttpRequest) -> HttpResponse:
+async def chat_stream(request: ApiRequest) -> HttpResponseBase:
     """``GET`` for EventSource and curl, ``POST`` for fetch clients; one reply either way.
     A ``GET`` with ``Last-Event-ID`` resumes the reply it names, or gets 204."""
     if request.method == "GET":
@@ -137,20 +142,20 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         require_same_origin_session(request)
         chat_request = chat_request_from_query(request.GET)
         reply = await reply_astart(user=request.api_user, chat_request=chat_request)
-        return reply_response(reply, QueryFramer(reply.message_id), joining=False)
+        return reply_response(reply, QueryFramer(reply.rows[1]), joining=False)
     payload = json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
     chat_request = chat_request_from_json(payload)
-    reply, fresh = await reply_astart_once(
+    started, fresh = await reply_astart_once(
         user=request.api_user,
         chat_request=chat_request,
         idempotency_key=idempotency_key_from(request),
     )
-    if fresh:
-        return reply_response(reply, JsonFramer(), joining=False)
-    return attached_response(reply, JsonFramer(), after=0, kind="repeat")
+    if fresh and isinstance(started, Reply):  # a fresh start is always a Reply of this process
+        return reply_response(started, JsonFramer(), joining=False)
+    return attached_response(started, JsonFramer(), after=0, kind="repeat")
 
 
-async def _resume(request: HttpRequest) -> HttpResponse:
+async def _resume(request: ApiRequest) -> HttpResponseBase:
     """The rest of the reply an EventSource saw part of; 204 (which ends EventSource) when
     there is nothing to resume: the id is malformed, not of the caller's reply, of a reply no
     longer kept, or its last frame."""
@@ -167,13 +172,21 @@ async def _resume(request: HttpRequest) -> HttpResponse:
 
 
 def reply_response(
-    reply: Reply, framer, *, position: int = 0, joining: bool = True
+    reply: Reply,
+    framer: QueryFramer | JsonFramer,
+    *,
+    position: int = 0,
+    joining: bool = True,
 ) -> EventStreamResponse:
     frames = ReplyFrames(reply, framer, position=position, joining=joining)
-    return event_stream(frames, reply.conversation_id, reply.message_id)
+    return event_stream(frames, *reply.rows)
 
 
-def event_stream(frames, conversation_id: int, message_id: int) -> EventStreamResponse:
+def event_stream(
+    frames: ReplyFrames | RemoteFrames | AsyncGenerator[bytes, None],
+    conversation_id: int,
+    message_id: int,
+) -> EventStreamResponse:
     """The response carrying ``frames``; their ``aclose`` runs however it ends, even if it
     is never sent."""
     run_after_request(frames.aclose)
@@ -185,7 +198,7 @@ def event_stream(frames, conversation_id: int, message_id: int) -> EventStreamRe
 
 
 @api_view("GET")
-async def message_stream(request: HttpRequest, message_id: int) -> HttpResponse:
+async def message_stream(request: ApiRequest, message_id: int) -> HttpResponseBase:
     """A reply of the caller's from token frame ``after + 1`` on, in the POST stream's frames:
     live while it runs, what is left and its final frame once it has ended."""
     after = position_from_query(request.GET, "after")
@@ -211,12 +224,12 @@ def attached_response(
             attached, framer, position=after, keepalive=settings.CHAT_KEEPALIVE_SECONDS
         )
         return event_stream(frames, attached.conversation_id, attached.message_id)
-    frames = saved_reply_frames(attached, after=after)
-    return event_stream(frames, attached.conversation_id, attached.pk)
+    saved = saved_reply_frames(attached, after=after)
+    return event_stream(saved, attached.conversation_id, attached.pk)
 
 
 @api_view("GET")
-async def conversation_list(request: HttpRequest) -> HttpResponse:
+async def conversation_list(request: ApiRequest) -> HttpResponse:
     """The caller's conversations, newest first; with ``q``, those whose title or messages
     have its words, each with a snippet of the first message that has them."""
     page, page_size = pagination_from_query(request.GET)
@@ -239,7 +252,7 @@ async def conversation_list(request: HttpRequest) -> HttpResponse:
 
 
 @api_view("GET", "PATCH", "DELETE")
-async def conversation_detail_view(request: HttpRequest, conversation_id: int) -> HttpResponse:
+async def conversation_detail_view(request: ApiRequest, conversation_id: int) -> HttpResponse:
     if request.method == "PATCH":
         title = conversation_title_from_json(
             json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
@@ -257,14 +270,14 @@ async def conversation_detail_view(request: HttpRequest, conversation_id: int) -
 
 
 @api_view("GET")
-async def model_list(request: HttpRequest) -> HttpResponse:
+async def model_list(request: ApiRequest) -> HttpResponse:
     """The models a caller may ask for, the default first."""
     models = await model_choice_aget()
     return JsonResponse({"default": models.default, "models": list(models.names)})
 
 
 @api_view("GET")
-async def usage(request: HttpRequest) -> HttpResponse:
+async def usage(request: ApiRequest) -> HttpResponse:
     """The caller's token usage over the last ``days`` UTC days, per day and model, and their
     daily quota: how much is left and when it resets."""
     days = usage_days_from_query(request.GET, maximum=MAX_USAGE_DAYS)
@@ -273,14 +286,14 @@ async def usage(request: HttpRequest) -> HttpResponse:
 
 
 @api_view("POST")
-async def message_cancel(request: HttpRequest, message_id: int) -> HttpResponse:
+async def message_cancel(request: ApiRequest, message_id: int) -> HttpResponse:
     """Stop a reply that is still streaming; its partial text is saved as ``cancelled``."""
     message = await message_acancel(user=request.api_user, message_id=message_id)
     return JsonResponse({"id": message.pk, "status": message.status})
 
 
 @api_view("POST")
-async def message_show(request: HttpRequest, message_id: int) -> HttpResponse:
+async def message_show(request: ApiRequest, message_id: int) -> HttpResponse:
     """Show this version of its turn (and the newest replies below it) in its conversation."""
     conversation_id, path = await conversation_ashow_version(
         user=request.api_user, message_id=message_id
@@ -289,7 +302,7 @@ async def message_show(request: HttpRequest, message_id: int) -> HttpResponse:
 
 
 @api_view("GET")
-async def diagnostics_stream(request: HttpRequest) -> HttpResponse:
+async def diagnostics_stream(request: ApiRequest) -> HttpResponseBase:
     """Timed frames for ``manage.py check_streaming`` (staff only): sent and framed as the
     reply streams are, so that what happens to them on the way happens to these."""
     require_staff(request.api_user)

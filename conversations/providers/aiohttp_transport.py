@@ -87,7 +87,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         key = (url.scheme, url.host)
         if key not in self._proxies:
             proxies = urllib.request.getproxies()
-            bypass = urllib.request.proxy_bypass_environment(url.host, proxies)
+            # Undocumented (urllib's own helper behind proxy_bypass), so not in typeshed.
+            bypass = urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
+                url.host, proxies
+            )
             self._proxies[key] = None if bypass else proxies.get(url.scheme, proxies.get("all"))
         return self._proxies[key]
 

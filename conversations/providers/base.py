@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -66,7 +66,7 @@ class ChatProvider(ABC):
     @abstractmethod
     def stream(
         self, messages: Sequence[ChatMessage], outcome: StreamOutcome, *, model: str | None = None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield the reply's non-empty text deltas; record finish reason and usage on ``outcome``.
         ``model``: the model to ask (default: the provider's own, ``self.model``).
 

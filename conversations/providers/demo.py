@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from .base import ChatMessage, ChatProvider, StreamOutcome
 
@@ -36,7 +36,7 @@ class DemoProvider(ChatProvider):
 
     async def stream(
         self, messages: Sequence[ChatMessage], outcome: StreamOutcome, *, model: str | None = None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         reply = DEMO_REPLY.format(question=" ".join(question.split())[:200])
         words = _WORDS.findall(reply)

@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any, cast
 
 import httpx
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from .aiohttp_transport import AiohttpTransport
 from .base import (
@@ -40,7 +42,7 @@ class UpstreamHttpClient(openai.DefaultAsyncHttpxClient):
     out with the next; nor is each response's Set-Cookie worth reading.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         # Proxies from the environment are the transport's to honour (httpx would mount its
         # own transports for them).
         super().__init__(transport=AiohttpTransport(), trust_env=False, **kwargs)
@@ -68,7 +70,7 @@ class OpenAICompatibleProvider(ChatProvider):
 
     async def stream(
         self, messages: Sequence[ChatMessage], outcome: StreamOutcome, *, model: str | None = None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """The SDK sends the request (auth, retries, status errors) through its generic ``post``,
         which skips the per-call parameter transform of ``chat.completions.create``; the event
         stream is parsed here from bytes, skipping the SDK's per-chunk pydantic objects."""
@@ -103,7 +105,10 @@ class OpenAICompatibleProvider(ChatProvider):
             completion = await self.client.with_options(
                 timeout=timeout, max_retries=0
             ).chat.completions.create(
-                model=self.model, messages=title_prompt(first_message), stream=False
+                model=self.model,
+                # A system and a user message: the SDK's TypedDicts want each role as a literal.
+                messages=cast(list[ChatCompletionMessageParam], title_prompt(first_message)),
+                stream=False,
             )
         except (openai.APIError, httpx.HTTPError) as exc:
             raise upstream_error(exc) from exc

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from ..errors import Conflict, Invalid, NotFound
@@ -30,7 +31,7 @@ async def reply_astop(message_id: int) -> bool:
     return await reply_astop_here(message_id) or await reply_astop_elsewhere(message_id)
 
 
-async def message_acancel(*, user: AbstractBaseUser, message_id: int) -> Message:
+async def message_acancel(*, user: User, message_id: int) -> Message:
     """Stop the caller's reply if it is still streaming, in whichever process produces it,
     and return it as saved; Conflict if no process stopped it (the one producing it died)."""
     message = await message_aget_owned(user, message_id)
@@ -64,13 +65,14 @@ def messages_interrupt_stale(*, older_than: timedelta) -> int:
     return messages_mark_interrupted(message_ids=candidates - replies_alive(candidates))
 
 
-async def reply_aattach(*, user: AbstractBaseUser, message_id: int, after: int = 0) -> Attachable:
+async def reply_aattach(*, user: User, message_id: int, after: int = 0) -> Attachable:
     """The caller's reply to attach to after its first ``after`` token frames: running or
     lately ended in this process (its tokens), produced by another process or kept in Redis
     after it ended there (``RemoteReply``), else its saved row. A row left streaming by a
     process that died is marked interrupted first. NotFound for anything but the caller's
     assistant message; Invalid if ``after`` is past the frames it has."""
     attached = await _aattachable(user, message_id)
+    count: int | None
     if isinstance(attached, Reply):
         count = attached.token_count
     elif isinstance(attached, RemoteReply):
@@ -82,7 +84,7 @@ async def reply_aattach(*, user: AbstractBaseUser, message_id: int, after: int =
     return attached
 
 
-async def _aattachable(user: AbstractBaseUser, message_id: int) -> Attachable:
+async def _aattachable(user: User, message_id: int) -> Attachable:
     reply = reply_find(message_id)
     if reply is not None and reply.owner_id == user.pk:
         return reply
@@ -105,7 +107,7 @@ async def _aattachable(user: AbstractBaseUser, message_id: int) -> Attachable:
     return message
 
 
-async def reply_aresume(*, user: AbstractBaseUser, message_id: int, position: int) -> Attachable:
+async def reply_aresume(*, user: User, message_id: int, position: int) -> Attachable | None:
     """What a GET reconnecting after frame ``position`` of a reply resumes: the reply, here or
     elsewhere; None if there is nothing to resume (not the caller's, no longer kept, or the
     client has every frame)."""
@@ -122,14 +124,14 @@ async def reply_aresume(*, user: AbstractBaseUser, message_id: int, position: in
 
 
 async def reply_astart_once(
-    *, user: AbstractBaseUser, chat_request: ChatRequest, idempotency_key: str | None
+    *, user: User, chat_request: ChatRequest, idempotency_key: str | None
 ) -> tuple[Attachable, bool]:
     """Start a reply (and True), or, for a request repeated with the same ``Idempotency-Key``,
     the reply its first sending started, to attach to from its start (and False): the model is
     not called again."""
     if idempotency_key is None:
         return await reply_astart(user=user, chat_request=chat_request), True
-    claim = {"user_id": user.pk, "key": idempotency_key}
+    claim: dict[str, Any] = {"user_id": user.pk, "key": idempotency_key}
     started = await key_aclaim(**claim, chat_request=chat_request)
     if started is not None:
         return await reply_aattach(user=user, message_id=started), False
@@ -138,5 +140,5 @@ async def reply_astart_once(
     except BaseException:
         await asyncio.shield(key_arelease(**claim))
         raise
-    await key_arecord(**claim, chat_request=chat_request, message_id=reply.message_id)
+    await key_arecord(**claim, chat_request=chat_request, message_id=reply.rows[1])
     return reply, True

@@ -77,7 +77,9 @@ async def key_aclaim(*, user_id: int, key: str, chat_request: ChatRequest) -> in
         ) from error
 
 
-async def key_arecord(*, user_id: int, key: str, chat_request: ChatRequest, message_id: int):
+async def key_arecord(
+    *, user_id: int, key: str, chat_request: ChatRequest, message_id: int
+) -> None:
     """The reply the key's first request started."""
     value = f"{request_digest(chat_request)}:{message_id}"
     storage_key = _storage_key(user_id, key)

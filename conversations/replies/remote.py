@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -36,6 +37,9 @@ from ..sse import KEEPALIVE
 from .heartbeats import replies_aalive
 from .reply import INTERRUPTED, Finished, Reply
 from .stops import channel
+
+if TYPE_CHECKING:
+    from ..streams import JsonFramer, QueryFramer
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +85,16 @@ def mirror_running(reply: Reply | None) -> None:
     """Copy ``reply`` (produced here) to Redis for readers elsewhere, unless already."""
     if reply is None or reply.message_id in _mirrors or reply.finished is not None:
         return
+    _, message_id = reply.rows
     task = asyncio.get_running_loop().create_task(
         _mirror(reply), name="reply-mirror", context=contextvars.Context()
     )
-    _mirrors[reply.message_id] = task
-    task.add_done_callback(lambda _: _mirrors.pop(reply.message_id, None))
+    _mirrors[message_id] = task
+    task.add_done_callback(lambda _: _mirrors.pop(message_id, None))
 
 
 async def _mirror(reply: Reply) -> None:
-    message_id = reply.message_id
+    _, message_id = reply.rows
     count_readers = redis_client().register_script(COUNT_SCRIPT)
     reply.attach()
     position = reply.mirrored
@@ -120,7 +125,7 @@ async def _copy(reply: Reply, position: int) -> int:
     tokens = reply.tokens_from(position)
     if tokens:
         await redis_client().xadd(
-            frames_key(reply.message_id),
+            frames_key(reply.rows[1]),
             {"from": position, "t": json.dumps(tokens, ensure_ascii=False)},
             maxlen=MAX_ENTRIES,
             approximate=True,
@@ -130,10 +135,13 @@ async def _copy(reply: Reply, position: int) -> int:
 
 async def _copy_end(reply: Reply) -> None:
     finished = reply.finished
+    if finished is None:
+        raise RuntimeError("a reply's end is copied only once it has ended")
     end = [finished.status, finished.error_code, finished.error_message]
-    key = frames_key(reply.message_id)
+    conversation_id, message_id = reply.rows
+    key = frames_key(message_id)
     async with redis_client().pipeline(transaction=False) as pipe:
-        pipe.xadd(key, {"end": json.dumps(end), "conversation": reply.conversation_id})
+        pipe.xadd(key, {"end": json.dumps(end), "conversation": conversation_id})
         pipe.expire(key, max(1, round(settings.CHAT_REPLY_RETENTION_SECONDS)))
         await pipe.execute()
 
@@ -189,7 +197,14 @@ class RemoteFrames:
     """A response body that reads a reply another process produces, from ``position`` on.
     ``framer`` is a QueryFramer or JsonFramer (``conversations.streams``)."""
 
-    def __init__(self, remote: RemoteReply, framer, *, position: int, keepalive: float) -> None:
+    def __init__(
+        self,
+        remote: RemoteReply,
+        framer: QueryFramer | JsonFramer,
+        *,
+        position: int,
+        keepalive: float,
+    ) -> None:
         self.remote = remote
         self.framer = framer
         self.position = position

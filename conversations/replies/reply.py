@@ -15,7 +15,7 @@ import asyncio
 import contextvars
 import logging
 from array import array
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -111,7 +111,7 @@ class Reply:
         """Attachments after the first (resumes, reloads, other tabs), saved with the reply."""
         self._parts: list[str] = []
         self._text = ""
-        self._ends: array | None = None
+        self._ends: array[int] | None = None
         """After the end, the tokens are kept compactly: the text and where each token ends."""
         self._waiters: list[asyncio.Future[None]] = []
         self._on_end: list[Callable[[], Awaitable[None]]] = []
@@ -152,7 +152,16 @@ class Reply:
         """The saved rows this reply finalises."""
         self.owner_id = owner_id
         self.conversation_id, self.message_id = conversation_id, message_id
-        self._saved.set_result(True)
+        self._saved_future().set_result(True)
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        """The conversation and message ids given to ``bind``. Every reply handed out of
+        ``running`` is bound; asking an unbound one is a programming error."""
+        conversation_id, message_id = self.conversation_id, self.message_id
+        if conversation_id is None or message_id is None:
+            raise RuntimeError("Reply.bind() must be called before its rows are used")
+        return conversation_id, message_id
 
     def on_end(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await ``callback`` once the reply has ended and been saved (or could not be)."""
@@ -160,9 +169,17 @@ class Reply:
 
     async def adiscard(self) -> None:
         """Stop a reply whose rows could not be saved; it then saves nothing."""
-        self._saved.set_result(False)
+        self._saved_future().set_result(False)
         self.stop("discarded")
-        await asyncio.wait([self._task])
+        await self.aended()
+
+    def _saved_future(self) -> asyncio.Future[bool]:
+        """Whether the reply's rows were saved: set once, by ``bind`` or ``adiscard``, and
+        awaited before the reply is finalised. ``start`` creates it, so both must follow it."""
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError("Reply.start() must be called before bind() or adiscard()")
+        return saved
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop producing: the upstream request is closed and the partial reply saved."""
@@ -181,16 +198,18 @@ class Reply:
         self._cancel()
 
     def _stop_late(self, reason: str) -> None:
-        if not (self._task.done() or self._finalising or self._stop_reason):
+        task = self._task
+        if task is not None and not (task.done() or self._finalising or self._stop_reason):
             self._stop_reason = reason
             self._cancel()
 
     def _cancel(self) -> None:
         """Cancel the producing task, and again until it gives up: code below it can swallow a
         cancellation, and a reply left waiting for its upstream would never end."""
-        if self._task.done() or self._finalising:
+        task = self._task
+        if task is None or task.done() or self._finalising:
             return
-        self._task.cancel()
+        task.cancel()
         loop = asyncio.get_running_loop()
         self._cancel_retry = loop.call_later(CANCEL_RETRY_SECONDS, self._cancel)
 
@@ -249,7 +268,7 @@ class Reply:
                     timer.cancel()
             ended: float | None = None
             try:
-                if await self._saved:
+                if await self._saved_future():
                     ended = loop.time()
                     await self._finalize(finished, outcome, parts, started, first_token_at, ended)
             except Exception:
@@ -351,7 +370,10 @@ class Reply:
         until it is time for a keep-alive (False)."""
         if self.token_count > position or self.finished is not None:
             return True
-        waiter = self._loop.create_future()
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("Reply.start() must be called before wait_beyond()")
+        waiter = loop.create_future()
         self._waiters.append(waiter)
         try:
             await waiter
@@ -398,7 +420,9 @@ class Reply:
             self.stop("client_left")
 
     def _wake(self) -> None:
-        self._last_news = self._loop.time()
+        loop = self._loop
+        if loop is not None:  # always, once started: only the producer and its timers wake
+            self._last_news = loop.time()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -429,7 +453,7 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
-def _running_total(parts: list[str]):
+def _running_total(parts: list[str]) -> Iterator[int]:
     total = 0
     for part in parts:
         total += len(part)

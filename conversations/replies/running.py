@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from chatsite import metrics
 
@@ -47,7 +47,7 @@ ENDED: OrderedDict[int, tuple[float, Reply]] = OrderedDict()
 """Replies this process ended lately, oldest first, with the time they are forgotten."""
 
 
-async def reply_astart(*, user: AbstractBaseUser, chat_request: ChatRequest) -> Reply:
+async def reply_astart(*, user: User, chat_request: ChatRequest) -> Reply:
     """Check the model asked for (Invalid ``model_not_allowed``) and the user's daily token
     quota (Busy ``quota_exceeded``), take one of the user's stream slots (held until the reply
     ends), save the user's message, open the assistant's, and start the reply."""
@@ -68,7 +68,7 @@ async def reply_astart(*, user: AbstractBaseUser, chat_request: ChatRequest) -> 
     return reply
 
 
-async def _astart(user: AbstractBaseUser, chat_request: ChatRequest, models: ModelChoice) -> Reply:
+async def _astart(user: User, chat_request: ChatRequest, models: ModelChoice) -> Reply:
     """A new conversation's prompt is known before anything is saved, so its upstream request
     goes out first and the rows are written while the model thinks; a stored conversation's
     prompt is read back from the database first."""

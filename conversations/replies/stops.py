@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from ..errors import Unavailable
@@ -77,7 +78,7 @@ async def _listen(handlers: Handlers) -> None:
             retry = min(retry * 2, RETRY_SECONDS[1])
 
 
-async def _hear(pubsub, by_channel: dict[bytes, Callable[[int], None]]) -> None:
+async def _hear(pubsub: PubSub, by_channel: dict[bytes, Callable[[int], None]]) -> None:
     heard_at = time.monotonic()
     while True:
         message = await pubsub.get_message(timeout=PING_SECONDS)

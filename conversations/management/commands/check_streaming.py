@@ -1,6 +1,7 @@
 import sys
+from collections.abc import Callable
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from conversations.diagnostics import (
     DEFAULT_COUNT,
@@ -20,7 +21,7 @@ PROBLEMS_FOUND = 1
 CHECK_FAILED = 2
 
 
-def bounded(minimum: int, maximum: int):
+def bounded(minimum: int, maximum: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         value = int(raw)
         if not minimum <= value <= maximum:
@@ -40,7 +41,7 @@ class Command(BaseCommand):
     )
     requires_system_checks = []
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "site_url", help="The address readers use, e.g. https://chat.example.org"
         )
@@ -69,7 +70,16 @@ class Command(BaseCommand):
             "otherwise).",
         )
 
-    def handle(self, *args, site_url: str, token, count, interval_ms, idle, **options):
+    def handle(
+        self,
+        *args: object,
+        site_url: str,
+        token: str | None,
+        count: int,
+        interval_ms: int,
+        idle: int,
+        **options: object,
+    ) -> None:
         try:
             check = streaming_check(
                 site_url=site_url,

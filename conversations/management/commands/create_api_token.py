@@ -1,5 +1,9 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from conversations.tokens import api_token_create
 
@@ -7,11 +11,11 @@ from conversations.tokens import api_token_create
 class Command(BaseCommand):
     help = "Create an API token for a user and print it once (as the last line)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
         parser.add_argument("--name", default="", help="What the token is for.")
 
-    def handle(self, *args, username: str, name: str, **options):
+    def handle(self, *args: Any, username: str, name: str, **options: Any) -> None:
         User = get_user_model()
         try:
             user = User.objects.get(**{User.USERNAME_FIELD: username})

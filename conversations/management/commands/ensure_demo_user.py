@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
@@ -9,7 +13,7 @@ PASSWORD = "demo-password"
 class Command(BaseCommand):
     help = "Create the local 'demo' user for `make run` (refused unless DJANGO_DEBUG is on)."
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         if not settings.DEBUG:
             raise CommandError("ensure_demo_user is for local development (DJANGO_DEBUG=1) only.")
         User = get_user_model()

@@ -1,7 +1,10 @@
+from __future__ import annotations
+
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
 from conversations.replies import messages_interrupt_stale
@@ -13,7 +16,7 @@ class Command(BaseCommand):
         "(with REDIS_URL, a reply whose process still beats is never marked, whatever its age)."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--older-than",
             type=float,
@@ -21,7 +24,7 @@ class Command(BaseCommand):
             help="Age in seconds (default: CHAT_STREAM_MAX_SECONDS + 60).",
         )
 
-    def handle(self, *args, older_than: float, **options):
+    def handle(self, *args: Any, older_than: float, **options: Any) -> None:
         try:
             count = messages_interrupt_stale(older_than=timedelta(seconds=older_than))
         except (RedisError, OSError) as error:
