@@ -15,7 +15,7 @@ from .durations import duration_text
 from .exports import conversations_export
 from .markdown import render_markdown
 from .models import ApiToken, Conversation, Message
-from .tokens import api_token_create, token_digest
+from .tokens import api_token_create, api_tokens_revoke, token_digest
 
 
 def _per_conversation(queryset, expression, output_field=None) -> Subquery:
@@ -227,5 +227,5 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        count = api_tokens_revoke(tokens=queryset)
         self.message_user(request, f"{count} token(s) revoked.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -62,14 +62,20 @@ def conversation_title_from(text: str, *, limit: int = TITLE_LENGTH) -> str:
     return cut.rstrip(" ,;:.-–—") + "…"
 
 
-def prompt_for_conversation(conversation: Conversation) -> list[ChatMessage]:
-    """The saved transcript as a prompt: system prompt first, then every non-empty turn in order."""
+def prompt_from(system_prompt: str, turns: Iterable[tuple[str, str]]) -> list[ChatMessage]:
+    """The one way a prompt is made: the system prompt first (if any), then every turn that
+    has text, in order."""
     prompt: list[ChatMessage] = []
-    if conversation.system_prompt:
-        prompt.append({"role": "system", "content": conversation.system_prompt})
-    turns = conversation.messages.exclude(content="").values_list("role", "content")
-    prompt.extend({"role": role, "content": content} for role, content in turns)
+    if system_prompt:
+        prompt.append({"role": "system", "content": system_prompt})
+    prompt.extend({"role": role, "content": content} for role, content in turns if content)
     return prompt
+
+
+def prompt_for_conversation(conversation: Conversation) -> list[ChatMessage]:
+    """The saved transcript as a prompt."""
+    turns = conversation.messages.exclude(content="").values_list("role", "content")
+    return prompt_from(conversation.system_prompt, turns)
 
 
 def reply_open(
@@ -275,15 +281,14 @@ def system_prompt_for(chat_request: ChatRequest, default_system_prompt: str) -> 
     return chat_request.system_prompt
 
 
-def new_conversation_prompt(chat_request: ChatRequest, default_system_prompt: str) -> list:
-    """What prompt_for_conversation will read back for the conversation this request starts."""
-    prompt: list[ChatMessage] = []
+def new_conversation_prompt(
+    chat_request: ChatRequest, default_system_prompt: str
+) -> list[ChatMessage]:
+    """The prompt of the conversation this request starts, before it is saved: made from the
+    rows reply_open saves for it, so it is what prompt_for_conversation reads back."""
+    rows = message_rows(chat_request.history, chat_request.message, model="")
     system_prompt = system_prompt_for(chat_request, default_system_prompt)
-    if system_prompt:
-        prompt.append({"role": "system", "content": system_prompt})
-    prompt.extend(item for item in chat_request.history if item["content"])
-    prompt.append({"role": "user", "content": chat_request.message})
-    return prompt
+    return prompt_from(system_prompt, ((str(role), content) for role, content, _, _ in rows))
 
 
 def reply_open_and_release(**kwargs) -> OpenedReply:
