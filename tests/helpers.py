@@ -297,6 +297,8 @@ def in_one_window(
     its window, only falls within a window and jumps up when a new one starts. On a jump the
     attempt is made again with ``n + 1``, which must count against fresh keys (another user,
     another client address) as the keys of the first attempt are partly counted already.
+    The header counts whole seconds, so the window must be longer than a second and than an
+    attempt (the tests' windows are minutes).
     """
     for n in range(tries):
         responses = attempt(n)
