@@ -11,7 +11,7 @@ import io
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -85,11 +85,6 @@ def interrupt_once_its_producer_is_gone(message_id: int) -> Message:
         return message if message.status == Message.Status.INTERRUPTED else None
 
     return wait_for(interrupted, timeout=10, step=0.1)
-
-
-async def run_until(awaitable: Awaitable[T], timeout: float = 5.0) -> T:
-    """Await ``awaitable``, failing the test (not hanging it) after ``timeout`` seconds."""
-    return await asyncio.wait_for(awaitable, timeout)
 
 
 @contextmanager
