@@ -1,7 +1,10 @@
 """A Redis connection pool shared by every cache object of the process.
 
-Django makes a cache object per async context, and each made its own pool, so under ASGI
-every request opened a new Redis connection. Pools are now shared per URL and options.
+Django's cache (Redis with REDIS_URL) holds django-ratelimit's counters of sign-in and sign-up
+attempts (``conversations.attempts``); nothing else of the project uses it (the API's limits,
+stops and replies use ``conversations.redis_client``). Django makes a cache object per async
+context, and each made its own pool, so under ASGI every counted attempt opened a new Redis
+connection. Pools are now shared per URL and options.
 """
 
 from __future__ import annotations

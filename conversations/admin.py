@@ -36,7 +36,7 @@ from .durations import duration_text
 from .exports import conversations_export
 from .markdown import render_markdown
 from .models import ApiToken, Conversation, Message, UsageDay, UserQuota
-from .tokens import api_token_create, token_digest
+from .tokens import api_token_create, api_tokens_revoke, token_digest
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -371,7 +371,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        count = api_tokens_revoke(tokens=queryset)
         self.message_user(request, f"{count} token(s) revoked.")
 
 

@@ -85,18 +85,20 @@ def conversation_tree(conversation_id: int) -> Tree[Turn]:
     return Tree(Turn(*row) for row in rows.values_list("pk", "parent_id", "role", "content"))
 
 
-def prompt_from(system_prompt: str, turns: Iterable[ChatMessage | Turn]) -> list[ChatMessage]:
-    """A prompt: the system prompt (if any) first, then every non-empty turn in order."""
+def prompt_from(system_prompt: str, turns: Iterable[tuple[str, str]]) -> list[ChatMessage]:
+    """The one way a prompt is made: the system prompt first (if any), then every turn that
+    has text, in order."""
     prompt: list[ChatMessage] = []
     if system_prompt:
         prompt.append({"role": "system", "content": system_prompt})
-    for turn in turns:
-        role, content = (
-            (turn.role, turn.content) if isinstance(turn, Turn) else (turn["role"], turn["content"])
-        )
-        if content:
-            prompt.append({"role": role, "content": content})
+    prompt.extend({"role": role, "content": content} for role, content in turns if content)
     return prompt
+
+
+def prompt_for_conversation(conversation: Conversation) -> list[ChatMessage]:
+    """The saved conversation as a prompt: the path it shows."""
+    path = conversation_tree(conversation.pk).path(conversation.current_leaf_id)
+    return prompt_from(conversation.system_prompt, ((turn.role, turn.content) for turn in path))
 
 
 def reply_parent(
@@ -157,7 +159,8 @@ def reply_open(
         model = chat_request.model or model_for_conversation(conversation.model)
         tree = conversation_tree(conversation.pk)
         parent_id = reply_parent(tree, chat_request, shown_leaf=conversation.current_leaf_id)
-        prompt = prompt_from(conversation.system_prompt, tree.path_to(parent_id))
+        shown = tree.path_to(parent_id)
+        prompt = prompt_from(conversation.system_prompt, ((t.role, t.content) for t in shown))
         if chat_request.regenerate_of is None:
             prompt.append({"role": "user", "content": chat_request.message})
             rows = message_rows([], chat_request.message, model)
@@ -397,12 +400,14 @@ def system_prompt_for(chat_request: ChatRequest, default_system_prompt: str) -> 
     return chat_request.system_prompt
 
 
-def new_conversation_prompt(chat_request: ChatRequest, default_system_prompt: str) -> list:
-    """The prompt of the conversation this request starts, as the saved rows will give it."""
+def new_conversation_prompt(
+    chat_request: ChatRequest, default_system_prompt: str
+) -> list[ChatMessage]:
+    """The prompt of the conversation this request starts, before it is saved: made from the
+    rows reply_open saves for it, so it is what prompt_for_conversation reads back."""
+    rows = message_rows(chat_request.history, chat_request.message, model="")
     system_prompt = system_prompt_for(chat_request, default_system_prompt)
-    prompt = prompt_from(system_prompt, chat_request.history)
-    prompt.append({"role": "user", "content": chat_request.message})
-    return prompt
+    return prompt_from(system_prompt, ((str(role), content) for role, content, _, _ in rows))
 
 
 def reply_open_and_release(**kwargs: Any) -> OpenedReply:

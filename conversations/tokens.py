@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import DEFAULT_DB_ALIAS, connection
-from django.db.models import Field
+from django.db.models import Field, QuerySet
 from django.db.models.expressions import Col
 from django.utils import timezone
 
@@ -147,5 +147,6 @@ def _last_used_sql() -> str:
     return statements.update_sql(ApiToken, ("last_used_at",), ("id",))
 
 
-def api_token_revoke(*, token: ApiToken) -> None:
-    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+def api_tokens_revoke(*, tokens: QuerySet[ApiToken]) -> int:
+    """Revoke those of ``tokens`` still live (they stop working at once); how many were."""
+    return tokens.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())

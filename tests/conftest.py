@@ -12,16 +12,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client as DjangoClient
-from django.utils.crypto import get_random_string
 
 from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import session_client
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = "sk-test-upstream-key-7f3a"
@@ -109,12 +110,31 @@ def redis_url() -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def fake_upstream() -> Iterator[FakeUpstream]:
+@contextmanager
+def upstream_running() -> Iterator[FakeUpstream]:
+    """A scripted upstream on a loopback port, stopped (its port closed) when the block ends."""
     upstream = FakeUpstream(api_key=UPSTREAM_KEY)
     upstream.start()
-    yield upstream
-    upstream.stop()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    """The upstream of the session's shared server: scripts and requests of every test pile up
+    in it, so each test scripts triggers of its own."""
+    with upstream_running() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def own_upstream() -> Iterator[FakeUpstream]:
+    """A scripted upstream of this test's own (no other test's scripts or requests in it),
+    stopped after the test."""
+    with upstream_running() as upstream:
+        yield upstream
 
 
 @pytest.fixture(scope="session")
@@ -223,22 +243,6 @@ def make_user(transactional_db):
 @pytest.fixture
 def user(make_user):
     return make_user("alice")
-
-
-def session_client(base_url: str, user) -> httpx.Client:
-    """An HTTP client signed in as ``user`` with a session cookie and a CSRF token, sending
-    ``Sec-Fetch-Site: same-origin`` as a browser does for a request from the site's own page."""
-    django_client = DjangoClient()
-    django_client.force_login(user)
-    csrf_token = get_random_string(32)
-    client = httpx.Client(
-        base_url=base_url,
-        headers={"X-CSRFToken": csrf_token, "Sec-Fetch-Site": "same-origin"},
-        timeout=httpx.Timeout(15.0),
-    )
-    client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
-    client.cookies.set("csrftoken", csrf_token)
-    return client
 
 
 @pytest.fixture

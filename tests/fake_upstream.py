@@ -116,9 +116,13 @@ class FakeUpstream:
             raise RuntimeError("the fake upstream did not start")
 
     def stop(self) -> None:
+        """Close the port and end every connection still open (their handlers are cancelled)."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stopped.set)
             self._thread.join(5)
+            if self._thread.is_alive():
+                raise RuntimeError("the fake upstream did not stop")
+            self._loop = None
 
     async def _serve(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import httpx
 import pytest
-from django.db import connection
 from django.test import Client as DjangoClient
-from django.test.utils import CaptureQueriesContext
 
 from conversations.models import ApiToken, Conversation, Message
-from tests.conftest import session_client
+from conversations.tokens import api_token_create
+from tests.helpers import count_queries, session_client
 
 
 @pytest.fixture
@@ -45,14 +45,36 @@ def rows(page: str) -> list[str]:
     return re.findall(r'<th class="field-title"><a href="[^"]+">([^<]+)</a>', page)
 
 
+def text_of(markup: str) -> str:
+    """The text of an HTML fragment, its whitespace collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", markup)).split())
+
+
+def table_rows(page: str) -> list[dict[str, str]]:
+    """The rows of the page's tables, each as {field: text} for the cells the admin marks
+    ``field-<name>`` (a change list's columns, an inline's fields), in the page's order."""
+    cell = re.compile(r'<t[hd] class="field-(\w+)[^"]*"[^>]*>(.*?)</t[hd]>', re.S)
+    found = []
+    for row in re.findall(r"<tr\b[^>]*>(.*?)</tr>", page, re.S):
+        cells = {name: text_of(content) for name, content in cell.findall(row)}
+        if cells:
+            found.append(cells)
+    return found
+
+
+def listed(page: str, *fields: str) -> dict[str, tuple[str, ...]]:
+    """A change list's rows by title: the text of ``fields`` in each."""
+    return {row["title"]: tuple(row[field] for field in fields) for row in table_rows(page)}
+
+
 def test_staff_see_conversations_with_counts_tokens_and_last_reply(server, staff, exchange):
     with session_client(server.url, staff) as client:
         page = client.get("/admin/conversations/conversation/").text
 
-    assert sorted(rows(page)) == ["Pasta recipes", "Weather"]
-    assert '<td class="field-message_count">2</td>' in page
-    assert '<td class="field-total_tokens">42</td>' in page
-    assert '<td class="field-last_reply_status">error</td>' in page
+    assert listed(page, "owner", "message_count", "total_tokens", "last_reply_status") == {
+        "Pasta recipes": ("alice", "2", "42", "complete"),
+        "Weather": ("bob", "2", "0", "error"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -79,9 +101,7 @@ def test_searching_message_text_does_not_double_count(server, staff, exchange):
     with session_client(server.url, staff) as client:
         page = client.get("/admin/conversations/conversation/", params={"q": "spaghetti"}).text
 
-    assert rows(page) == ["Pasta recipes"]
-    assert '<td class="field-message_count">3</td>' in page
-    assert '<td class="field-total_tokens">42</td>' in page
+    assert listed(page, "message_count", "total_tokens") == {"Pasta recipes": ("3", "42")}
 
 
 def test_conversation_page_shows_the_whole_transcript_read_only(server, staff, exchange):
@@ -90,10 +110,16 @@ def test_conversation_page_shows_the_whole_transcript_read_only(server, staff, e
     with session_client(server.url, staff) as client:
         page = client.get(f"/admin/conversations/conversation/{done.pk}/change/").text
 
-    question, answer = page.index("How long for spaghetti?"), page.index("About <strong>9 minutes")
-    assert question < answer
-    assert '<span class="nowrap">120 ms · 900 ms</span>' in page
-    assert '<span class="nowrap">30 → 12</span>' in page
+    transcript = [
+        (row["role"], row["text"], row["timing"], row["tokens"])
+        for row in table_rows(page)
+        if "role" in row
+    ]
+    assert transcript == [
+        ("User", "How long for spaghetti?", "–", "–"),
+        ("Assistant", "About 9 minutes.", "120 ms · 900 ms", "30 → 12"),
+    ]
+    assert "About <strong>9 minutes</strong>" in page
     assert "<textarea" not in page
     assert 'name="messages-0-content"' not in page
 
@@ -150,23 +176,6 @@ def test_export_action_downloads_every_message_with_its_metrics(server, staff, e
     assert [m["role"] for m in exported[1]["messages"]] == ["user", "assistant"]
 
 
-def count_queries(client: DjangoClient, path: str) -> int:
-    """The queries an in-process ``GET path`` makes, counted in a thread of its own: a browser
-    test earlier in the session leaves Playwright's event loop running in this one, and
-    Django's test client cannot run its middlewares' sync hooks under a running loop."""
-
-    def count() -> int:
-        try:
-            with CaptureQueriesContext(connection) as queries:
-                assert client.get(path).status_code == 200
-            return len(queries)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(count).result()
-
-
 def test_admin_lists_use_a_bounded_number_of_queries(staff, make_user, transactional_db):
     client = DjangoClient()
     client.force_login(staff)
@@ -206,6 +215,32 @@ def test_staff_create_a_token_in_the_admin_and_it_is_shown_once(server, staff):
     assert ApiToken.objects.get(name="from admin").owner == staff
     api = httpx.get(f"{server.url}/api/conversations", headers={"Authorization": f"Bearer {raw}"})
     assert api.status_code == 200
+
+
+def test_staff_revoke_tokens_in_the_admin_and_they_stop_working_at_once(server, staff, make_user):
+    owner = make_user("alice")
+    live, raw = api_token_create(owner=owner, name="live")
+    earlier, _ = api_token_create(owner=owner, name="revoked earlier")
+    revoked_at = datetime(2026, 1, 1, tzinfo=UTC)
+    ApiToken.objects.filter(pk=earlier.pk).update(revoked_at=revoked_at)
+    bearer = {"Authorization": f"Bearer {raw}"}
+    assert httpx.get(f"{server.url}/api/conversations", headers=bearer).status_code == 200
+
+    with session_client(server.url, staff) as client:
+        response = client.post(
+            "/admin/conversations/apitoken/",
+            data={
+                "action": "revoke",
+                "_selected_action": [live.pk, earlier.pk],
+                "csrfmiddlewaretoken": client.headers["X-CSRFToken"],
+            },
+            follow_redirects=True,
+        )
+
+    assert "1 token(s) revoked." in response.text
+    assert ApiToken.objects.get(pk=live.pk).revoked_at is not None
+    assert ApiToken.objects.get(pk=earlier.pk).revoked_at == revoked_at
+    assert httpx.get(f"{server.url}/api/conversations", headers=bearer).status_code == 401
 
 
 def test_the_transcript_reads_like_the_chat_page_with_figures_in_words(server, staff, make_user):

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import io
-import threading
 import uuid
-from dataclasses import dataclass
 
 import httpx
 import pytest
-from django.core.management import call_command
 
 from conversations.models import ApiToken, Conversation, Message
-from tests.sse import content_frames, iter_frames
-from tests.test_stream_failures import interrupt_once_its_producer_is_gone, wait_until
-
-
-def create_token(username: str, name: str = "cli") -> str:
-    out = io.StringIO()
-    call_command("create_api_token", username, "--name", name, stdout=out, stderr=io.StringIO())
-    return out.getvalue().strip().splitlines()[-1]
-
-
-def token_client(server, token: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=15
-    )
+from tests.fake_upstream import DEFAULT_TOKENS
+from tests.helpers import (
+    create_token,
+    interrupt_once_its_producer_is_gone,
+    open_stream,
+    read_in_background,
+    reply_streaming_in,
+    token_client,
+    wait_for,
+)
+from tests.sse import content_frames, parse_body
 
 
 def test_token_from_the_command_streams_without_csrf_and_only_its_hash_is_stored(
@@ -37,13 +30,24 @@ def test_token_from_the_command_streams_without_csrf_and_only_its_hash_is_stored
         response = client.post("/api/chat/stream", json={"message": "token stream"})
 
     assert response.status_code == 200
-    assert response.text.endswith('"done": true, ' + response.text.rsplit('"done": true, ', 1)[1])
+    conversation_id = int(response.headers["x-conversation-id"])
+    message_id = int(response.headers["x-message-id"])
+    assert [frame.json() for frame in content_frames(parse_body(response.content))] == [
+        *({"token": token, "done": False} for token in DEFAULT_TOKENS),
+        {
+            "token": "",
+            "done": True,
+            "conversation_id": conversation_id,
+            "message_id": message_id,
+            "status": "complete",
+        },
+    ]
     stored = ApiToken.objects.get(owner=user)
     assert stored.name == "cli"
     assert token.startswith(stored.prefix)
     assert token not in (stored.digest, stored.prefix, stored.name)
-    assert wait_until(lambda: ApiToken.objects.get(pk=stored.pk).last_used_at)
-    conversation = Conversation.objects.get(pk=response.headers["x-conversation-id"])
+    assert wait_for(lambda: ApiToken.objects.get(pk=stored.pk).last_used_at)
+    conversation = Conversation.objects.get(pk=conversation_id)
     assert conversation.owner == user
 
 
@@ -164,25 +168,21 @@ def test_cancel_stops_a_reply_streaming_to_another_request(server, client, user,
         "stop from elsewhere", tokens=[f"t{i} " for i in range(500)], interval=0.02
     )
     token = create_token("alice")
-    frames = []
 
-    with client.stream(
-        "POST", "/api/chat/stream", json={"message": "stop from elsewhere"}
-    ) as response:
-        message_id = int(response.headers["x-message-id"])
-        reader = threading.Thread(target=lambda: frames.extend(iter_frames(response)))
-        reader.start()
-        wait_until(lambda: len(frames) >= 5)
-        with token_client(server, token) as api:
-            cancelled = api.post(f"/api/messages/{message_id}/cancel")
-        reader.join(5)
+    stream = read_in_background(open_stream(client, "stop from elsewhere"), client)
+    message_id = stream.stream.message_id
+    wait_for(lambda: len(stream.frames) >= 5)
+    with token_client(server, token) as api:
+        cancelled = api.post(f"/api/messages/{message_id}/cancel")
+    stream.reader.join(5)
+    stream.stream.close()
 
     assert cancelled.status_code == 200
     assert cancelled.json() == {"id": message_id, "status": "cancelled"}
-    data = content_frames(frames)
+    data = content_frames(stream.frames)
     assert (data[-1].json()["done"], data[-1].json()["status"]) == (True, "cancelled")
     assert len(data) < 500
-    assert wait_until(lambda: fake_upstream.requests_for("stop from elsewhere")[-1].aborted)
+    assert wait_for(lambda: fake_upstream.requests_for("stop from elsewhere")[-1].aborted)
     saved = Message.objects.get(pk=message_id)
     assert saved.status == "cancelled"
     assert saved.content.startswith("t0 t1 t2 t3 ")
@@ -203,42 +203,6 @@ def two_processes(start_server, fake_upstream, redis_url):
     return start_server("pair-one", **shared), start_server("pair-two", **shared)
 
 
-@dataclass
-class BackgroundStream:
-    """A reply streaming to a client whose frames a thread reads into ``frames`` (a broken
-    connection is recorded there as the exception that broke it)."""
-
-    response: httpx.Response
-    frames: list
-    reader: threading.Thread
-    client: httpx.Client
-
-    def finish(self) -> None:
-        self.reader.join(5)
-        self.client.close()
-
-
-def reply_streaming_in(server, fake_upstream, token: str, message: str) -> BackgroundStream:
-    """A long reply streaming from ``server``, five frames in."""
-    fake_upstream.script(message, tokens=[f"w{i} " for i in range(500)], interval=0.02)
-    client = token_client(server, token)
-    response = client.send(
-        client.build_request("POST", "/api/chat/stream", json={"message": message}), stream=True
-    )
-    frames: list = []
-
-    def read() -> None:
-        try:
-            frames.extend(iter_frames(response))
-        except httpx.TransportError as broken:
-            frames.append(broken)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    wait_until(lambda: len(frames) >= 5)
-    return BackgroundStream(response, frames, reader, client)
-
-
 def test_cancel_reaches_a_reply_streaming_in_another_server_process(
     two_processes, user, fake_upstream
 ):
@@ -255,7 +219,7 @@ def test_cancel_reaches_a_reply_streaming_in_another_server_process(
     assert cancelled.json() == {"id": message_id, "status": "cancelled"}
     final = content_frames(stream.frames)[-1].json()
     assert (final["done"], final["status"]) == (True, "cancelled")
-    assert wait_until(lambda: fake_upstream.requests_for("stop across")[-1].aborted)
+    assert wait_for(lambda: fake_upstream.requests_for("stop across")[-1].aborted)
     saved = Message.objects.get(pk=message_id)
     assert saved.status == "cancelled"
     assert saved.content.startswith("w0 w1 w2 w3 ")
@@ -275,7 +239,7 @@ def test_deleting_a_conversation_stops_its_reply_in_another_server_process(
 
     assert deleted.status_code == 204
     assert not stream.reader.is_alive()
-    assert wait_until(lambda: fake_upstream.requests_for("delete across")[-1].aborted)
+    assert wait_for(lambda: fake_upstream.requests_for("delete across")[-1].aborted)
     assert not Conversation.objects.filter(pk=conversation_id).exists()
 
 

@@ -6,8 +6,7 @@ import httpx
 import pytest
 
 from conversations.models import Conversation
-from tests.conftest import session_client
-from tests.test_api import create_token, token_client
+from tests.helpers import create_token, session_client, token_client
 
 STATE_CHANGING = [
     ("POST", "/api/chat/stream"),

@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conversations.models import Conversation
-from tests.factories import answered, asked, transcript_create
+from tests.helpers import answered, asked, transcript_create
 from tests.test_chat_ui import ARTIFACTS, composer, send
 
 AXE = Path(__file__).parent / "js" / "vendor" / "axe-core" / "axe.min.js"

@@ -12,9 +12,8 @@ from playwright.sync_api import expect
 
 from conversations.markdown import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, URL_SCHEMES, render_markdown
 from conversations.models import Message
-from tests.conftest import session_client
+from tests.helpers import session_client, wait_for
 from tests.test_chat_ui import last_assistant, send
-from tests.test_stream_failures import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RENDER_JS = ROOT / "static" / "conversations" / "render.js"
@@ -175,7 +174,7 @@ def test_after_stop_the_partial_reply_is_shown_rendered(
     expect(body.locator(".code-block .hljs-keyword").first).to_have_text("def")
     expect(body).not_to_contain_text("```")
     shown = reply.get_attribute("data-source")
-    saved = wait_until(lambda: Message.objects.filter(role="assistant", status="cancelled").first())
+    saved = wait_for(lambda: Message.objects.filter(role="assistant", status="cancelled").first())
     assert saved.content.startswith(shown)
     assert shown.rstrip().endswith(body.locator("p").last.text_content())
 
@@ -214,7 +213,7 @@ def test_the_swap_to_the_saved_copy_does_not_move_the_reply(
     expect(saved).to_have_count(1)
     expect(saved.locator(".code-block .hljs-keyword").first).to_have_text("def")
     frames = page.evaluate("window.__boxes.length")
-    wait_until(lambda: page.evaluate("window.__boxes.length") > frames + 5)
+    wait_for(lambda: page.evaluate("window.__boxes.length") > frames + 5)
     boxes = page.evaluate("window.__boxes")
     before = [b for b in boxes if not b["saved"]]
     after = [b for b in boxes if b["saved"]]
@@ -255,9 +254,9 @@ def test_copy_buttons_copy_the_exact_code_and_the_exact_reply(
     saved = Message.objects.get(role="assistant")
     assert saved.content == "".join(tokens)
     reply.get_by_role("button", name="Copy message").click()
-    wait_until(lambda: page.evaluate("navigator.clipboard.readText()") == saved.content)
+    wait_for(lambda: page.evaluate("navigator.clipboard.readText()") == saved.content)
     reply.get_by_role("button", name="Copy code").click()
-    wait_until(lambda: page.evaluate("navigator.clipboard.readText()") == code)
+    wait_for(lambda: page.evaluate("navigator.clipboard.readText()") == code)
 
 
 def test_a_saved_reply_is_highlighted_with_a_language_label_on_page_load(

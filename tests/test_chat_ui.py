@@ -12,9 +12,8 @@ from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
 from conversations.models import Conversation, Message
-from tests.conftest import session_client
+from tests.helpers import interrupt_once_its_producer_is_gone, session_client, wait_for
 from tests.tcp_proxy import CuttableProxy
-from tests.test_stream_failures import interrupt_once_its_producer_is_gone, wait_until
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 """Where ``make screenshot`` (UPDATE_SCREENSHOT=1) refreshes the README's screenshot; other
@@ -109,11 +108,11 @@ def test_stop_halts_the_reply_and_the_reloaded_page_shows_it_stopped(
     expect(reply.locator(".message-note")).to_have_text("Stopped")
     expect(page.get_by_role("status")).to_have_text("The reply was stopped.")
     shown = reply.locator(".message-body").text_content()
-    time.sleep(0.5)
-    assert reply.locator(".message-body").text_content() == shown
     upstream = fake_upstream.requests_for("stop me")[-1]
-    wait_until(lambda: upstream.aborted)
-    saved = wait_until(lambda: Message.objects.filter(role="assistant", status="cancelled").first())
+    wait_for(lambda: upstream.aborted)
+    saved = wait_for(lambda: Message.objects.filter(role="assistant", status="cancelled").first())
+    # The reply has ended and been saved: had the page gone on reading, it would have grown.
+    assert reply.locator(".message-body").text_content() == shown
     assert saved.content.startswith(shown)
     assert len(saved.content) < len("".join(f"word{i} " for i in range(400)))
 
@@ -456,7 +455,7 @@ def test_an_event_source_whose_connection_is_cut_reconnects_and_misses_nothing(
         page = browser_page_for(user, proxy)
         page.goto("/")
         page.evaluate(COLLECT_EVENT_SOURCE, "/api/chat/stream?message=cut+me")
-        wait_until(lambda: page.evaluate("window.__tokens.length") >= 10)
+        wait_for(lambda: page.evaluate("window.__tokens.length") >= 10)
         proxy.cut()
 
         text = "".join(page.evaluate(FINISHED_WITHIN_20_SECONDS))

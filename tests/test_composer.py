@@ -14,9 +14,8 @@ import pytest
 from playwright.sync_api import expect
 
 from conversations.models import Conversation, Message
-from tests.factories import answered, asked, transcript_create
+from tests.helpers import answered, asked, transcript_create, wait_for
 from tests.test_chat_ui import composer, last_assistant, send
-from tests.test_stream_failures import wait_until
 
 FROM_BOTTOM = """() => {
   const scroller = document.scrollingElement;
@@ -137,9 +136,9 @@ def test_escape_in_the_composer_stops_the_reply_and_it_is_saved_cancelled(
     composer(page).press("Escape")
 
     expect(last_assistant(page).locator(".message-note")).to_have_text("Stopped")
-    saved = wait_until(lambda: Message.objects.filter(role="assistant", status="cancelled").first())
+    saved = wait_for(lambda: Message.objects.filter(role="assistant", status="cancelled").first())
     assert saved.content.startswith("w0 w1 w2 w3 ")
-    wait_until(lambda: streaming_requests(fake_upstream, trigger)[-1].aborted)
+    wait_for(lambda: streaming_requests(fake_upstream, trigger)[-1].aborted)
 
 
 def test_a_message_typed_while_a_reply_streams_is_sent_after_it_ends(page_for, user, fake_upstream):

@@ -16,10 +16,17 @@ from conversations.selectors import (
     search_terms,
 )
 from conversations.services import conversation_set_generated_title, conversation_title_from
-from tests.factories import answered, asked, transcript_create
+from tests.helpers import (
+    answered,
+    asked,
+    create_token,
+    reply_streaming_in,
+    session_client,
+    token_client,
+    transcript_create,
+    wait_for,
+)
 from tests.loops import run_in_new_loop
-from tests.test_api import create_token, reply_streaming_in, token_client
-from tests.test_stream_failures import wait_until
 
 # -- titles as they are first made ---------------------------------------------------------------
 
@@ -157,7 +164,7 @@ def test_deleting_a_conversation_whose_reply_streams_stops_the_reply(server, use
     stream.finish()
 
     assert deleted.status_code == 204
-    assert wait_until(lambda: fake_upstream.requests_for("delete while streaming")[-1].aborted)
+    assert wait_for(lambda: fake_upstream.requests_for("delete while streaming")[-1].aborted)
     assert not Conversation.objects.filter(pk=conversation_id).exists()
     assert not Message.objects.filter(conversation_id=conversation_id).exists()
 
@@ -328,8 +335,6 @@ def titling_server(start_server, fake_upstream):
 
 @pytest.fixture
 def titles_client(titling_server, transactional_db, user):
-    from tests.conftest import session_client
-
     with session_client(titling_server.url, user) as client:
         yield client
 
@@ -347,9 +352,7 @@ def test_the_model_names_a_new_conversation_after_its_first_reply(titles_client,
     response = titles_client.post("/api/chat/stream", json={"message": trigger})
     conversation_id = int(response.headers["x-conversation-id"])
 
-    assert wait_until(
-        lambda: Conversation.objects.get(pk=conversation_id).title == "Japan Rail Trip"
-    )
+    assert wait_for(lambda: Conversation.objects.get(pk=conversation_id).title == "Japan Rail Trip")
     [request] = title_requests(fake_upstream, trigger)
     assert request.body["stream"] is False
     assert request.body["messages"][0] == {"role": "system", "content": TITLE_INSTRUCTION}
@@ -378,9 +381,9 @@ def test_a_failed_title_request_leaves_the_provisional_title_and_the_reply_whole
     response = titles_client.post("/api/chat/stream", json={"message": trigger})
     conversation_id = int(response.headers["x-conversation-id"])
 
-    request = wait_until(lambda: title_requests(fake_upstream, trigger))[-1]
-    wait_until(lambda: request.finished_at)
-    assert wait_until(lambda: "no title (upstream_error)" in titling_server.log())
+    request = wait_for(lambda: title_requests(fake_upstream, trigger))[-1]
+    wait_for(lambda: request.finished_at)
+    assert wait_for(lambda: "no title (upstream_error)" in titling_server.log())
     conversation = Conversation.objects.get(pk=conversation_id)
     assert conversation.title == "Explain the difference between a mutex and a semaphore…"
     reply = Message.objects.get(conversation_id=conversation_id, role="assistant")
@@ -396,7 +399,7 @@ def test_a_title_that_takes_too_long_is_given_up(titles_client, fake_upstream, t
     response = titles_client.post("/api/chat/stream", json={"message": trigger})
     conversation_id = int(response.headers["x-conversation-id"])
 
-    assert wait_until(lambda: "no title within 3.0 s" in titling_server.log(), timeout=10)
+    assert wait_for(lambda: "no title within 3.0 s" in titling_server.log(), timeout=10)
     assert Conversation.objects.get(pk=conversation_id).title == trigger
     assert Message.objects.get(conversation_id=conversation_id, role="assistant").status == (
         "complete"

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 from conversations.charts import nice_ceiling, stacked_bar_chart
 from conversations.dashboard import percentile, reply_dashboard
 from conversations.models import Conversation, Message
-from tests.conftest import session_client
+from tests.helpers import session_client
 
 DASHBOARD = "/admin/conversations/message/dashboard/"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from contextlib import closing
 
 import httpx
@@ -11,6 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from conversations.models import Message
+from tests.helpers import sign_in, signed_in_client
 from tests.sse import content_frames, iter_frames
 
 
@@ -21,23 +21,10 @@ def demo_server(start_server):
     )
 
 
-def sign_in(base_url: str, username: str, password: str) -> httpx.Client:
-    client = httpx.Client(base_url=base_url, timeout=15)
-    page = client.get("/accounts/login/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    response = client.post(
-        "/accounts/login/",
-        data={"username": username, "password": password, "csrfmiddlewaretoken": token},
-    )
-    assert response.status_code == 302, response.text
-    client.headers["X-CSRFToken"] = client.cookies["csrftoken"]
-    return client
-
-
 def test_signed_in_user_streams_the_labelled_offline_demo_reply(demo_server, transactional_db):
     get_user_model().objects.create_user("erin", password="a long enough passphrase")
 
-    client = sign_in(demo_server.url, "erin", "a long enough passphrase")
+    client = signed_in_client(demo_server.url, "erin", "a long enough passphrase")
     with (
         closing(client),
         client.stream("POST", "/api/chat/stream", json={"message": "Bonjour ☕"}) as response,
@@ -60,12 +47,7 @@ def test_signed_in_user_streams_the_labelled_offline_demo_reply(demo_server, tra
 def test_wrong_password_does_not_sign_in(demo_server, transactional_db):
     get_user_model().objects.create_user("frank", password="the right passphrase")
     with httpx.Client(base_url=demo_server.url) as client:
-        page = client.get("/accounts/login/")
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-        response = client.post(
-            "/accounts/login/",
-            data={"username": "frank", "password": "wrong", "csrfmiddlewaretoken": token},
-        )
+        response = sign_in(client, "frank", "wrong")
         api = client.get("/api/chat/stream", params={"message": "hi"})
 
     assert response.status_code == 200

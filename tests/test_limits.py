@@ -9,15 +9,22 @@ import uuid
 
 import httpx
 import pytest
+import redis
 import redis.asyncio
 
 from conversations.errors import Busy
 from conversations.limits import Rate, RedisStreamSlots
 from conversations.models import Message
-from tests.conftest import free_port, session_client
+from tests.conftest import free_port
+from tests.helpers import (
+    OpenStream,
+    client_from,
+    in_one_window,
+    open_stream,
+    session_client,
+    wait_for,
+)
 from tests.loops import run_in_new_loop
-from tests.sse import iter_frames
-from tests.test_stream_failures import wait_until
 
 SLOW_REPLY = {"tokens": [f"s{i} " for i in range(2000)], "interval": 0.02}
 
@@ -68,18 +75,20 @@ def test_rate_limit_setting_reads_count_and_window(text, limit, period):
 def test_fixed_window_limit_answers_429_with_retry_after_per_user(
     limited_server, make_user, transactional_db
 ):
-    alice, bob = make_user("alice"), make_user("bob")
-    with session_client(limited_server.url, alice) as client:
-        answers = [client.get("/api/conversations") for _ in range(5)]
-        limited = client.get("/api/conversations")
-    with session_client(limited_server.url, bob) as other:
-        bob_status = other.get("/api/conversations").status_code
+    def attempt(n: int) -> list[httpx.Response]:
+        alice, bob = make_user(f"alice{n}"), make_user(f"bob{n}")
+        with session_client(limited_server.url, alice) as client:
+            answers = [client.get("/api/conversations") for _ in range(6)]
+        with session_client(limited_server.url, bob) as other:
+            return [*answers, other.get("/api/conversations")]
+
+    *answers, limited, bobs = in_one_window(attempt)
 
     assert [answer.status_code for answer in answers] == [200] * 5
     assert limited.status_code == 429
     assert limited.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(limited.headers["retry-after"]) <= 60
-    assert bob_status == 200
+    assert bobs.status_code == 200
     # The IETF RateLimit header fields let a client see the limit coming.
     assert [answer.headers["ratelimit-limit"] for answer in answers] == ["5"] * 5
     assert [answer.headers["ratelimit-remaining"] for answer in answers] == [
@@ -100,13 +109,15 @@ def test_fixed_window_limit_answers_429_with_retry_after_per_user(
 def test_spoofed_forwarded_for_does_not_escape_the_anonymous_limit(
     limited_server, transactional_db
 ):
-    statuses = [
-        httpx.get(
-            f"{limited_server.url}/api/conversations",
-            headers={"X-Forwarded-For": f"203.0.113.{n}"},
-        ).status_code
-        for n in range(7)
-    ]
+    def attempt(n: int) -> list[httpx.Response]:
+        # A client address of this attempt's own: its anonymous window starts empty.
+        with client_from(limited_server.url, f"127.0.0.{30 + n}") as client:
+            return [
+                client.get("/api/conversations", headers={"X-Forwarded-For": f"203.0.113.{i}"})
+                for i in range(7)
+            ]
+
+    statuses = [response.status_code for response in in_one_window(attempt)]
 
     assert statuses[:5] == [401] * 5
     assert statuses[5:] == [429, 429]
@@ -115,39 +126,62 @@ def test_spoofed_forwarded_for_does_not_escape_the_anonymous_limit(
 def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_window(
     proxied_server, transactional_db
 ):
-    def anonymous(ip: str) -> int:
-        return httpx.get(
-            f"{proxied_server.url}/api/conversations", headers={"X-Forwarded-For": ip}
-        ).status_code
+    def anonymous(ip: str) -> httpx.Response:
+        return httpx.get(f"{proxied_server.url}/api/conversations", headers={"X-Forwarded-For": ip})
 
-    first = [anonymous("198.51.100.1") for _ in range(4)]
-    second = anonymous("198.51.100.2")
+    def attempt(n: int) -> list[httpx.Response]:
+        first, second = f"198.51.100.{2 * n + 1}", f"198.51.100.{2 * n + 2}"
+        return [*(anonymous(first) for _ in range(4)), anonymous(second)]
 
-    assert first == [401, 401, 401, 429]
-    assert second == 401
+    statuses = [response.status_code for response in in_one_window(attempt)]
+
+    assert statuses[:4] == [401, 401, 401, 429]
+    assert statuses[4] == 401
 
 
-def open_stream(client: httpx.Client, message: str) -> httpx.Response:
-    request = client.build_request("POST", "/api/chat/stream", json={"message": message})
-    return client.send(request, stream=True)
+def slot_keys(prefix: str, user) -> tuple[str, str]:
+    """The Redis sorted sets of ``user``'s stream slots and of their queue (RedisStreamSlots)."""
+    owner = f"{prefix}:streams:user:{user.pk}"
+    return f"{owner}:slots", f"{owner}:queue"
+
+
+@pytest.fixture(scope="module")
+def queue_server(start_server, fake_upstream, redis_url):
+    """Two slots per user and a queue of two, in Redis, where a test sees who waits."""
+    prefix = f"queue-{uuid.uuid4().hex}"
+    server = start_server(
+        "queue",
+        CHAT_PROVIDER="openai",
+        OPENAI_BASE_URL=fake_upstream.base_url,
+        REDIS_URL=redis_url,
+        CACHE_KEY_PREFIX=prefix,
+        CHAT_STREAMS_PER_USER="2",
+        CHAT_STREAM_QUEUE_LENGTH="2",
+        CHAT_STREAM_QUEUE_WAIT_SECONDS="3",
+    )
+    with redis.Redis.from_url(redis_url) as client:
+        yield server, prefix, client
 
 
 def test_streams_over_the_limit_queue_in_order_then_get_429_when_the_queue_is_full(
-    slots_server, make_user, fake_upstream, transactional_db
+    queue_server, make_user, fake_upstream, transactional_db
 ):
+    server, prefix, redis_sync = queue_server
     fake_upstream.script("slow stream", **SLOW_REPLY)
     user = make_user("carol")
-    clients = [session_client(slots_server.url, user) for _ in range(5)]
+    _, queue = slot_keys(prefix, user)
+    clients = [session_client(server.url, user) for _ in range(5)]
     holders = [open_stream(clients[0], "slow stream"), open_stream(clients[1], "slow stream")]
     assert [h.status_code for h in holders] == [200, 200]
-    started: dict[str, httpx.Response] = {}
+    started: dict[str, OpenStream] = {}
 
     def wait_in_queue(name: str, client: httpx.Client) -> threading.Thread:
+        waiting = redis_sync.zcard(queue)
         thread = threading.Thread(
             target=lambda: started.__setitem__(name, open_stream(client, "slow stream"))
         )
         thread.start()
-        time.sleep(0.4)
+        wait_for(lambda: redis_sync.zcard(queue) == waiting + 1)
         return thread
 
     first = wait_in_queue("first", clients[2])
@@ -169,7 +203,7 @@ def test_streams_over_the_limit_queue_in_order_then_get_429_when_the_queue_is_fu
         response.close()
     for client in clients:
         client.close()
-    assert wait_until(lambda: not Message.objects.filter(status="streaming").exists())
+    assert wait_for(lambda: not Message.objects.filter(status="streaming").exists())
 
 
 def test_a_queued_stream_gives_up_with_429_when_no_slot_frees_in_time(
@@ -204,9 +238,9 @@ def test_slots_are_given_back_when_streams_end_fail_or_disconnect(
             client.post("/api/chat/stream", json={"message": message}).raise_for_status()
         for _ in range(3):
             stream = open_stream(client, "left early")
-            next(iter_frames(stream))
+            next(stream.frames)
             stream.close()
-        wait_until(lambda: not Message.objects.filter(status="streaming").exists())
+        wait_for(lambda: not Message.objects.filter(status="streaming").exists())
         both = [open_stream(client, "quick one") for _ in range(2)]
 
     assert [r.status_code for r in both] == [200, 200]
@@ -237,8 +271,9 @@ def test_two_server_processes_share_stream_slots_through_redis(
     assert (third.status_code, fourth.status_code) == (429, 429)
 
     first.close()
-    wait_until(lambda: fake_upstream.requests_for("shared slot")[0].aborted)
-    time.sleep(0.2)
+    wait_for(lambda: fake_upstream.requests_for("shared slot")[0].aborted)
+    with redis.Redis.from_url(redis_url) as redis_sync:
+        wait_for(lambda: redis_sync.zcard(slot_keys(shared["CACHE_KEY_PREFIX"], user)[0]) == 1)
     after = open_stream(clients[3], "shared slot")
     assert after.status_code == 200
     for response in (second, after):
@@ -252,19 +287,23 @@ def test_two_server_processes_count_requests_in_one_window_through_redis(
 ):
     shared = {
         "REDIS_URL": redis_url,
-        "CHAT_RATE_LIMIT": "3/d",  # one window for the whole test
+        "CHAT_RATE_LIMIT": "3/m",
         "CACHE_KEY_PREFIX": f"counted-{uuid.uuid4().hex}",
     }
     one = start_server("counted-one", **shared)
     two = start_server("counted-two", **shared)
-    user = make_user("gus")
-    with session_client(one.url, user) as first, session_client(two.url, user) as second:
-        statuses = [
-            first.get("/api/conversations").status_code,
-            second.get("/api/conversations").status_code,
-            first.get("/api/conversations").status_code,
-            second.get("/api/conversations").status_code,
-        ]
+
+    def attempt(n: int) -> list[httpx.Response]:
+        user = make_user(f"gus{n}")
+        with session_client(one.url, user) as first, session_client(two.url, user) as second:
+            return [
+                first.get("/api/conversations"),
+                second.get("/api/conversations"),
+                first.get("/api/conversations"),
+                second.get("/api/conversations"),
+            ]
+
+    statuses = [response.status_code for response in in_one_window(attempt)]
 
     assert statuses == [200, 200, 200, 429]
 
@@ -282,19 +321,28 @@ def test_a_slot_held_by_a_worker_that_died_expires(redis_url):
             wait_seconds=0.1,
             ttl=1.0,
         )
+        held_at = time.monotonic()
         await slots.acquire("user:1")  # never released, as by a worker that died
         refused = None
         try:
             await slots.acquire("user:1")
         except Busy as busy:
             refused = busy.code
-        await asyncio.sleep(1.1)
-        after_ttl = await slots.acquire("user:1")
+        while True:  # polled until Redis lets the slot go
+            try:
+                after_ttl = await slots.acquire("user:1")
+                break
+            except Busy:
+                assert time.monotonic() - held_at < 5, "the dead worker's slot never expired"
+                await asyncio.sleep(0.05)
+        waited = time.monotonic() - held_at
         await after_ttl.release()
         await client.aclose()
-        return refused, after_ttl.owner
+        return refused, after_ttl.owner, waited
 
-    assert run_in_new_loop(hold_then_try_again()) == ("too_many_streams", "user:1")
+    refused, owner, waited = run_in_new_loop(hold_then_try_again())
+    assert (refused, owner) == ("too_many_streams", "user:1")
+    assert waited >= 0.95  # the ttl, not sooner
 
 
 def test_limits_that_cannot_reach_redis_refuse_with_503_not_500(

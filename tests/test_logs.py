@@ -11,8 +11,7 @@ import pytest
 
 from conversations.models import Message
 from conversations.tokens import api_token_create
-from tests.test_stream_failures import wait_until
-from tests.test_stream_persistence import wait_for_status
+from tests.helpers import wait_for, wait_for_status
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def test_a_finished_reply_is_one_json_line_with_its_figures_and_the_request_id(
     )
     message_id = int(response.headers["x-message-id"])
     wait_for_status(message_id)
-    lines = wait_until(
+    lines = wait_for(
         lambda: [line for line in log_lines(json_logging) if line.get("message_id") == message_id]
     )
 
@@ -74,7 +73,7 @@ def test_a_failed_request_is_one_json_line_with_the_proxys_request_id(json_loggi
 
     assert response.status_code == 401
     assert response.headers["x-request-id"] == "edge-42.a_b"
-    [failed] = wait_until(
+    [failed] = wait_for(
         lambda: [line for line in log_lines(json_logging) if line.get("status_code") == 401]
     )
     assert failed["request_id"] == "edge-42.a_b"

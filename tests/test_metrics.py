@@ -19,9 +19,9 @@ from django.db.backends.postgresql.base import DatabaseWrapper
 from prometheus_client.parser import text_string_to_metric_families
 
 from conversations.tokens import api_token_create
-from tests.conftest import ROOT, free_port, session_client
+from tests.conftest import ROOT, free_port
+from tests.helpers import session_client, wait_for
 from tests.sse import iter_frames
-from tests.test_stream_failures import wait_until
 
 TOKENS = [f"t{i} " for i in range(20)]
 METRICS_TOKEN = "metrics-token-4b1d"
@@ -103,7 +103,7 @@ def test_a_reply_shows_while_it_streams_and_is_counted_once_it_ends(
         first = next(frame for frame in frames if frame.has_data)
         during = scrape(metered.url)
         rest = [frame for frame in frames if frame.has_data]
-    wait_until(
+    wait_for(
         lambda: (
             value(scrape(metered.url), "chatsite_streams_open")
             == value(before, "chatsite_streams_open")
@@ -276,7 +276,7 @@ def test_two_workers_add_up_whichever_answers_and_their_directory_goes_with_them
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: log_path.read_text().count("Application startup complete") == 2, 60)
+        wait_for(lambda: log_path.read_text().count("Application startup complete") == 2, 60)
         directory = Path(re.search(r"keep their metrics in (\S+)", log_path.read_text())[1])
         assert directory.is_dir()
         with session_client(url, make_user("wendy")) as client:
@@ -295,7 +295,7 @@ def test_two_workers_add_up_whichever_answers_and_their_directory_goes_with_them
             answered[pids.pop()] = samples
             return len(answered) == 2
 
-        wait_until(both_answered, 30)
+        wait_for(both_answered, 30)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)

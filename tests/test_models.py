@@ -8,15 +8,13 @@ Through real servers: ``CHAT_MODELS`` given, or the list fetched from the fake u
 from __future__ import annotations
 
 import re
-import time
 import uuid
 
 import httpx
 import pytest
 
 from conversations.models import Conversation, Message
-from tests.conftest import session_client
-from tests.test_stream_persistence import wait_for_status
+from tests.helpers import session_client, wait_for, wait_for_status
 
 OFFERED = ["fake-model", "fake-large", "fake-small"]
 
@@ -163,11 +161,9 @@ def test_the_demo_provider_offers_its_own_model(start_server, user, transactiona
 
 
 @pytest.fixture
-def upstream_models(fake_upstream):
-    """The fake upstream's model list, put back as it was after the test."""
-    saved = (list(fake_upstream.models), fake_upstream.models_status)
-    yield fake_upstream
-    fake_upstream.models, fake_upstream.models_status = saved
+def upstream_models(own_upstream):
+    """An upstream of the test's own, whose model list the test sets."""
+    return own_upstream
 
 
 def test_without_chat_models_the_upstreams_list_is_offered_cached_and_refreshed(
@@ -196,13 +192,12 @@ def test_without_chat_models_the_upstreams_list_is_offered_cached_and_refreshed(
         assert len(upstream_models.model_list_requests) == fetched_before + 1
 
         upstream_models.models = ["fake-model", "beta-model"]
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+
+        def beta_on_offer() -> bool:
             response = post(client, message=f"beta {uuid.uuid4().hex}", model="beta-model")
-            if response.status_code == 200:
-                break
-            time.sleep(0.2)
-        assert response.status_code == 200, response.text
+            return response.status_code == 200
+
+        wait_for(beta_on_offer, timeout=15, step=0.2)
         assert options_of(client.get("/").text) == ["fake-model", "beta-model"]
     fetches = len(upstream_models.model_list_requests) - fetched_before
     assert 2 <= fetches <= 3, fetches
@@ -227,12 +222,12 @@ def test_when_the_list_cannot_be_fetched_chat_model_alone_is_offered_and_logged_
         response = post(client, message=trigger)
         assert response.status_code == 200
         assert streamed_model(upstream_models, trigger) == "fake-model"
-        # Tried again (the cache is short here), failing each time.
-        deadline = time.monotonic() + 15
-        while len(upstream_models.model_list_requests) < fetched_before + 3:
-            assert time.monotonic() < deadline, "the list was not fetched again"
+
+        def fetched_twice_more() -> bool:
             client.get("/")
-            time.sleep(0.2)
+            return len(upstream_models.model_list_requests) >= fetched_before + 3
+
+        wait_for(fetched_twice_more, timeout=15, step=0.2)  # the cache is short here
         refused = post(client, message="elsewhere", model="zeta-model")
         assert refused.status_code == 400
         assert refused.json()["error"]["allowed"] == ["fake-model"]

@@ -16,10 +16,9 @@ import pytest
 from conversations.models import Message
 from conversations.tokens import api_token_create
 from tests.conftest import free_port
+from tests.helpers import wait_for, wait_for_status
 from tests.nginx import Nginx, nginx_binary
 from tests.sse import iter_frames
-from tests.test_stream_failures import wait_until
-from tests.test_stream_persistence import wait_for_status
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def test_a_client_that_leaves_through_nginx_closes_the_upstream_and_the_reply_is
                 break
 
     upstream = fake_upstream.wait_for_request("leave nginx")
-    wait_until(lambda: upstream.aborted, timeout=10)
+    wait_for(lambda: upstream.aborted, timeout=10)
     reply = wait_for_status(message_id, timeout=10)
     assert reply.status == Message.Status.CANCELLED
     assert reply.content.startswith("l0 l1 l2 ")

@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from conversations.markdown import render_markdown
-from tests.conftest import session_client
+from tests.helpers import session_client, sign_up
 
 HOSTILE_MARKDOWN = [
     "<script>alert(1)</script>",
@@ -120,29 +120,12 @@ def test_chat_pages_require_sign_in(server):
         assert response.headers["location"].startswith("/accounts/login/")
 
 
-def sign_up(base_url: str, username: str) -> httpx.Response:
-    with httpx.Client(base_url=base_url) as client:
-        page = client.get("/accounts/signup/")
-        if page.status_code != 200:
-            return page
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-        password = "a sufficiently long passphrase 42"
-        response = client.post(
-            "/accounts/signup/",
-            data={
-                "username": username,
-                "password1": password,
-                "password2": password,
-                "csrfmiddlewaretoken": token,
-            },
-        )
-        assert response.status_code == 302, response.text
-        return client.get("/")
-
-
 def test_a_visitor_can_sign_up_and_lands_signed_in_on_the_chat_page(server):
-    home = sign_up(server.url, "newcomer")
+    with httpx.Client(base_url=server.url) as client:
+        signed_up = sign_up(client, "newcomer", "a sufficiently long passphrase 42")
+        home = client.get("/")
 
+    assert signed_up.status_code == 302, signed_up.text
     assert home.status_code == 200
     assert "newcomer" in home.text and 'id="composer"' in home.text
     assert get_user_model().objects.filter(username="newcomer").exists()
@@ -151,7 +134,7 @@ def test_a_visitor_can_sign_up_and_lands_signed_in_on_the_chat_page(server):
 def test_sign_up_can_be_turned_off(start_server, transactional_db):
     server = start_server("no-signup", CHAT_SIGNUP_ENABLED="0")
 
-    response = sign_up(server.url, "intruder")
+    response = httpx.get(server.url + "/accounts/signup/")
 
     assert response.status_code == 404
     assert not get_user_model().objects.filter(username="intruder").exists()

@@ -9,14 +9,11 @@ import json
 import time
 import uuid
 
-import httpx
 import pytest
 
 from conversations.models import Message
-from tests.conftest import session_client
+from tests.helpers import open_stream, session_client, wait_for, wait_for_status
 from tests.sse import content_frames, iter_frames, parse_body
-from tests.test_stream_failures import wait_until
-from tests.test_stream_persistence import wait_for_status
 
 TOKENS = [f"r{i} " for i in range(40)]
 
@@ -32,30 +29,13 @@ def resumable(start_server, fake_upstream):
     )
 
 
-def open_reply(client: httpx.Client, method: str, path: str, **request) -> httpx.Response:
-    """A stream left open, its headers read (close it, or read it with ``read_some``)."""
-    return client.send(client.build_request(method, path, **request), stream=True)
-
-
-def read_some(response: httpx.Response, count: int) -> list:
-    """The first ``count`` frames with data; the response is then closed (the client leaves)."""
-    frames = []
-    for frame in iter_frames(response):
-        if frame.has_data:
-            frames.append(frame)
-        if len(frames) == count:
-            break
-    response.close()
-    return frames
-
-
 def test_an_event_source_that_loses_its_connection_resumes_with_no_gap_or_duplicate(
     resumable, make_user, fake_upstream
 ):
     fake_upstream.script("resume get", tokens=TOKENS, interval=0.03)
     with session_client(resumable.url, make_user("rita")) as client:
-        first = open_reply(client, "GET", "/api/chat/stream", params={"message": "resume get"})
-        seen = read_some(first, 5)
+        first = open_stream(client, "resume get", method="GET")
+        seen = first.read_some(5)
         rest = client.get("/api/chat/stream", headers={"Last-Event-ID": seen[-1].get("id")})
 
     message_id = int(first.headers["x-message-id"])
@@ -75,8 +55,8 @@ def test_an_event_source_that_loses_its_connection_resumes_with_no_gap_or_duplic
 def test_a_fetch_client_attaches_after_the_frames_it_counted(resumable, make_user, fake_upstream):
     fake_upstream.script("attach post", tokens=TOKENS, interval=0.03)
     with session_client(resumable.url, make_user("sam")) as client:
-        first = open_reply(client, "POST", "/api/chat/stream", json={"message": "attach post"})
-        seen = read_some(first, 7)
+        first = open_stream(client, "attach post")
+        seen = first.read_some(7)
         message_id = int(first.headers["x-message-id"])
         rest = client.get(f"/api/messages/{message_id}/stream", params={"after": 7})
 
@@ -109,12 +89,12 @@ def test_a_reply_nobody_comes_back_for_is_stopped_after_the_grace(
 ):
     fake_upstream.script("abandoned", tokens=[f"a{i} " for i in range(1000)], interval=0.02)
     with session_client(resumable.url, make_user("uma")) as client:
-        response = open_reply(client, "POST", "/api/chat/stream", json={"message": "abandoned"})
-        read_some(response, 3)
+        response = open_stream(client, "abandoned")
+        response.read_some(3)
         left_at = time.monotonic()
 
     upstream = fake_upstream.wait_for_request("abandoned")
-    assert wait_until(lambda: upstream.aborted, timeout=10)
+    assert wait_for(lambda: upstream.aborted, timeout=10)
     assert 2.5 <= upstream.aborted_at - left_at < 6  # the grace is 3 s
     reply = wait_for_status(int(response.headers["x-message-id"]))
     assert (reply.status, reply.error_code) == ("cancelled", "client_left")
@@ -124,12 +104,12 @@ def test_a_reply_nobody_comes_back_for_is_stopped_after_the_grace(
 def test_with_no_grace_a_reply_whose_client_left_stops_at_once(server, client, fake_upstream):
     """The shared server runs with CHAT_DETACH_GRACE_SECONDS=0 (tests/environment.py)."""
     fake_upstream.script("no grace", tokens=[f"n{i} " for i in range(1000)], interval=0.02)
-    response = open_reply(client, "POST", "/api/chat/stream", json={"message": "no grace"})
-    read_some(response, 3)
+    response = open_stream(client, "no grace")
+    response.read_some(3)
     left_at = time.monotonic()
 
     upstream = fake_upstream.wait_for_request("no grace")
-    assert wait_until(lambda: upstream.aborted, timeout=3)
+    assert wait_for(lambda: upstream.aborted, timeout=3)
     assert upstream.aborted_at - left_at < 1
     reply = wait_for_status(int(response.headers["x-message-id"]))
     assert (reply.status, reply.error_code) == ("cancelled", "client_left")
@@ -138,8 +118,8 @@ def test_with_no_grace_a_reply_whose_client_left_stops_at_once(server, client, f
 def test_a_stop_ends_a_reply_at_once_even_with_a_grace(resumable, make_user, fake_upstream):
     fake_upstream.script("stop now", tokens=[f"s{i} " for i in range(1000)], interval=0.02)
     with session_client(resumable.url, make_user("vic")) as client:
-        response = open_reply(client, "POST", "/api/chat/stream", json={"message": "stop now"})
-        read_some(response, 3)
+        response = open_stream(client, "stop now")
+        response.read_some(3)
         message_id = int(response.headers["x-message-id"])
         stopped = client.post(f"/api/messages/{message_id}/cancel")
 
@@ -303,10 +283,8 @@ def test_a_reply_started_through_one_worker_is_attached_to_through_the_other(
     user = make_user("olga")
     fake_upstream.script("across workers", tokens=TOKENS, interval=0.03)
     with session_client(one.url, user) as first_client:
-        first = open_reply(
-            first_client, "POST", "/api/chat/stream", json={"message": "across workers"}
-        )
-        seen = read_some(first, 5)
+        first = open_stream(first_client, "across workers")
+        seen = first.read_some(5)
     message_id = int(first.headers["x-message-id"])
     with session_client(two.url, user) as second_client:
         rest = second_client.get(f"/api/messages/{message_id}/stream", params={"after": 5})
@@ -325,15 +303,13 @@ def test_the_grace_counts_a_client_attached_through_another_worker(
     tokens = [f"k{i} " for i in range(120)]  # 4.8 s: longer than the 2 s grace
     fake_upstream.script("watched elsewhere", tokens=tokens, interval=0.04)
     with session_client(one.url, user) as first_client:
-        first = open_reply(
-            first_client, "POST", "/api/chat/stream", json={"message": "watched elsewhere"}
-        )
+        first = open_stream(first_client, "watched elsewhere")
         message_id = int(first.headers["x-message-id"])
         with (
             session_client(two.url, user) as second_client,
             second_client.stream("GET", f"/api/messages/{message_id}/stream") as watcher,
         ):
-            read_some(first, 3)  # the client of the first worker leaves
+            first.read_some(3)  # the client of the first worker leaves
             watched = content_frames(list(iter_frames(watcher)))
 
     assert [f.json()["token"] for f in watched[:-1]] == tokens
@@ -349,10 +325,8 @@ def test_an_event_source_resumes_through_the_other_worker_even_after_the_end(
     user = make_user("quin")
     fake_upstream.script("resume elsewhere", tokens=TOKENS, interval=0.03)
     with session_client(one.url, user) as first_client:
-        first = open_reply(
-            first_client, "GET", "/api/chat/stream", params={"message": "resume elsewhere"}
-        )
-        seen = read_some(first, 5)
+        first = open_stream(first_client, "resume elsewhere", method="GET")
+        seen = first.read_some(5)
     message_id = int(first.headers["x-message-id"])
     with session_client(two.url, user) as second_client:
         live = second_client.get("/api/chat/stream", headers={"Last-Event-ID": f"{message_id}-5"})
@@ -383,9 +357,7 @@ def test_a_client_attached_through_another_worker_gets_a_clear_end_when_the_prod
     user = make_user("rex")
     fake_upstream.script("producer dies", tokens=[f"d{i} " for i in range(500)], interval=0.03)
     with session_client(one.url, user) as first_client:
-        first = open_reply(
-            first_client, "POST", "/api/chat/stream", json={"message": "producer dies"}
-        )
+        first = open_stream(first_client, "producer dies")
         message_id = int(first.headers["x-message-id"])
         with (
             session_client(two.url, user) as second_client,

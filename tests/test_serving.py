@@ -15,9 +15,9 @@ import pytest
 from conversations.models import Message
 from conversations.tokens import api_token_create
 from tests.conftest import ROOT, free_port
+from tests.helpers import wait_for
 from tests.sse import iter_frames
 from tests.test_deploy_checks import DEPLOYED
-from tests.test_stream_failures import wait_until
 
 
 def launch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -116,7 +116,7 @@ def test_make_serve_checks_collects_migrates_and_serves_with_several_workers(
             start_new_session=True,
         )
         try:
-            wait_until(lambda: log_path.read_text().count("Started server process") == 2, 90)
+            wait_for(lambda: log_path.read_text().count("Started server process") == 2, 90)
             ready = httpx.get(
                 f"http://127.0.0.1:{port}/readyz", headers={"Host": "chat.example.com"}
             )

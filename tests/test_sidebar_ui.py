@@ -10,8 +10,8 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from conversations.models import Conversation, Message
+from tests.helpers import wait_for
 from tests.test_chat_ui import send
-from tests.test_stream_failures import wait_until
 
 
 def sidebar(page):
@@ -57,7 +57,7 @@ def test_a_conversation_is_renamed_in_place_enter_saves_and_escape_cancels(
     expect(nav.get_by_role("link", name="Trip to Kyoto")).to_be_visible()
     expect(nav.get_by_role("button", name="Rename Trip to Kyoto")).to_be_visible()
     expect(nav.get_by_role("textbox")).to_have_count(0)
-    assert wait_until(lambda: Conversation.objects.get(pk=conversation.pk).title == "Trip to Kyoto")
+    assert wait_for(lambda: Conversation.objects.get(pk=conversation.pk).title == "Trip to Kyoto")
     page.reload()
     expect(sidebar(page).get_by_role("link", name="Trip to Kyoto")).to_be_visible()
 
@@ -74,7 +74,7 @@ def test_renaming_the_open_conversation_changes_the_tab_title(server, browser_pa
     field.press("Enter")
 
     expect(page).to_have_title("Final · chatsite")
-    assert wait_until(lambda: Conversation.objects.get(pk=conversation.pk).title == "Final")
+    assert wait_for(lambda: Conversation.objects.get(pk=conversation.pk).title == "Final")
 
 
 def test_delete_asks_first_then_removes_the_conversation(server, browser_page_for, user):
@@ -99,7 +99,7 @@ def test_delete_asks_first_then_removes_the_conversation(server, browser_page_fo
     expect(nav.get_by_role("link", name="Remove me")).to_have_count(0)
     expect(nav.get_by_role("link", name="Keep me")).to_be_visible()
     expect(page).to_have_url(f"{server.url}/c/{keep.pk}/")
-    assert wait_until(lambda: not Conversation.objects.filter(pk=doomed.pk).exists())
+    assert wait_for(lambda: not Conversation.objects.filter(pk=doomed.pk).exists())
     assert not Message.objects.filter(conversation_id=doomed.pk).exists()
     assert Conversation.objects.filter(pk=keep.pk).exists()
 
@@ -169,7 +169,7 @@ def test_a_conversation_renamed_from_search_results_is_renamed_in_the_list_too(
     nav.get_by_role("searchbox", name="Search conversations").press("Escape")
 
     expect(nav.get_by_role("link", name="Piano lessons")).to_be_visible()
-    assert wait_until(lambda: Conversation.objects.get(pk=conversation.pk).title == "Piano lessons")
+    assert wait_for(lambda: Conversation.objects.get(pk=conversation.pk).title == "Piano lessons")
 
 
 def test_conversations_are_grouped_by_day_and_a_new_one_goes_under_today(
@@ -264,7 +264,7 @@ def test_a_failed_title_leaves_the_first_words_in_the_sidebar(
     expect(page.locator('.message.assistant[data-status="complete"]')).to_have_count(1)
     expect(sidebar(page).get_by_role("link", name=provisional)).to_be_visible()
     expect(page).to_have_title(f"{provisional} · chatsite")
-    wait_until(lambda: [r for r in fake_upstream.requests_for(trigger) if not r.streaming])
+    wait_for(lambda: [r for r in fake_upstream.requests_for(trigger) if not r.streaming])
     assert Conversation.objects.get(owner=user).title == provisional
 
 
@@ -279,4 +279,4 @@ def test_leaving_the_rename_field_keeps_a_changed_title(server, browser_page_for
     page.get_by_role("textbox", name="Message").click()
 
     expect(nav.get_by_role("link", name="After")).to_be_visible()
-    assert wait_until(lambda: Conversation.objects.get(pk=conversation.pk).title == "After")
+    assert wait_for(lambda: Conversation.objects.get(pk=conversation.pk).title == "After")

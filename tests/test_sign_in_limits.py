@@ -7,7 +7,6 @@ can end in the middle of a test.
 
 from __future__ import annotations
 
-import re
 import uuid
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from tests.conftest import free_port
+from tests.helpers import client_from, sign_in, sign_up
 
 PASSWORD = "the right passphrase 42"
 
@@ -29,29 +29,6 @@ def guarded_server(start_server):
         CHAT_SIGNIN_RATE_PER_IP="6/d",
         CHAT_SIGNUP_RATE_PER_IP="3/d",
         CACHE_KEY_PREFIX=f"guarded-{uuid.uuid4().hex}",
-    )
-
-
-def client_from(server, address: str) -> httpx.Client:
-    """An HTTP client whose requests come from ``address`` (any 127.0.0.0/8 address works)."""
-    transport = httpx.HTTPTransport(local_address=address)
-    return httpx.Client(base_url=server.url, transport=transport, timeout=15)
-
-
-def post_form(client: httpx.Client, path: str, **fields: str) -> httpx.Response:
-    page = client.get(path)
-    assert page.status_code == 200, page.text
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    return client.post(path, data={**fields, "csrfmiddlewaretoken": token})
-
-
-def sign_in(client: httpx.Client, username: str, password: str, path: str = "/accounts/login/"):
-    return post_form(client, path, username=username, password=password)
-
-
-def sign_up(client: httpx.Client, username: str) -> httpx.Response:
-    return post_form(
-        client, "/accounts/signup/", username=username, password1=PASSWORD, password2=PASSWORD
     )
 
 
@@ -75,7 +52,7 @@ def test_after_three_wrong_passwords_even_the_right_one_is_refused(
     get_user_model().objects.create_user("frank", password=PASSWORD)
     get_user_model().objects.create_user("grace", password=PASSWORD)
 
-    with client_from(guarded_server, "127.0.0.11") as client:
+    with client_from(guarded_server.url, "127.0.0.11") as client:
         wrong = [sign_in(client, "frank", "wrong") for _ in range(3)]
         right = sign_in(client, "frank", PASSWORD)
         frank_signed_in = is_signed_in(client)
@@ -94,10 +71,10 @@ def test_the_username_limit_holds_from_another_address_and_for_spellings_of_the_
     guarded_server, transactional_db
 ):
     get_user_model().objects.create_user("heidi", password=PASSWORD)
-    with client_from(guarded_server, "127.0.0.12") as client:
+    with client_from(guarded_server.url, "127.0.0.12") as client:
         wrong = [sign_in(client, "heidi", "wrong").status_code for _ in range(3)]
 
-    with client_from(guarded_server, "127.0.0.13") as client:
+    with client_from(guarded_server.url, "127.0.0.13") as client:
         right = sign_in(client, "heidi", PASSWORD)
         spellings = [sign_in(client, name, PASSWORD) for name in ("HEIDI", " heidi", "ｈｅｉｄｉ")]
         signed_in = is_signed_in(client)
@@ -113,11 +90,11 @@ def test_one_address_trying_many_usernames_is_limited_by_the_per_ip_rate(
 ):
     get_user_model().objects.create_user("ivan", password=PASSWORD)
 
-    with client_from(guarded_server, "127.0.0.21") as client:
+    with client_from(guarded_server.url, "127.0.0.21") as client:
         guesses = [sign_in(client, f"guess-{n}", "wrong").status_code for n in range(6)]
         right = sign_in(client, "ivan", PASSWORD)
         signed_in = is_signed_in(client)
-    with client_from(guarded_server, "127.0.0.22") as client:
+    with client_from(guarded_server.url, "127.0.0.22") as client:
         elsewhere = sign_in(client, "ivan", PASSWORD)
 
     assert guesses == [200] * 6
@@ -129,7 +106,7 @@ def test_one_address_trying_many_usernames_is_limited_by_the_per_ip_rate(
 def test_admin_sign_in_counts_with_the_site_sign_in(guarded_server, transactional_db):
     get_user_model().objects.create_superuser("judy", password=PASSWORD)
 
-    with client_from(guarded_server, "127.0.0.31") as client:
+    with client_from(guarded_server.url, "127.0.0.31") as client:
         site = [sign_in(client, "judy", "wrong").status_code for _ in range(2)]
         admin = sign_in(client, "judy", "wrong", path="/admin/login/")
         admin_right = sign_in(client, "judy", PASSWORD, path="/admin/login/")
@@ -142,11 +119,11 @@ def test_admin_sign_in_counts_with_the_site_sign_in(guarded_server, transactiona
 
 
 def test_sign_ups_from_one_address_are_limited(guarded_server, transactional_db):
-    with client_from(guarded_server, "127.0.0.41") as client:
-        accepted = [sign_up(client, f"newcomer-{n}").status_code for n in range(3)]
-        refused = sign_up(client, "newcomer-3")
-    with client_from(guarded_server, "127.0.0.42") as client:
-        elsewhere = sign_up(client, "newcomer-4")
+    with client_from(guarded_server.url, "127.0.0.41") as client:
+        accepted = [sign_up(client, f"newcomer-{n}", PASSWORD).status_code for n in range(3)]
+        refused = sign_up(client, "newcomer-3", PASSWORD)
+    with client_from(guarded_server.url, "127.0.0.42") as client:
+        elsewhere = sign_up(client, "newcomer-4", PASSWORD)
 
     assert accepted == [302] * 3
     assert_plain_429_page(refused)
@@ -163,7 +140,7 @@ def test_attempts_that_cannot_be_counted_are_refused_with_503_not_500(
         "sign-in-redis-gone", CHAT_PROVIDER="demo", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"
     )
 
-    with client_from(server, "127.0.0.51") as client:
+    with client_from(server.url, "127.0.0.51") as client:
         refused = sign_in(client, "kim", PASSWORD)
         signed_in = is_signed_in(client)
 

@@ -14,42 +14,29 @@ from pathlib import Path
 import httpx
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from conversations.models import Conversation, Message
 from conversations.services import message_checkpoint
-from tests.conftest import UPSTREAM_KEY, free_port, session_client
+from tests.conftest import UPSTREAM_KEY, free_port
+from tests.helpers import (
+    conversation_rows_locked,
+    create_token,
+    interrupt_once_its_producer_is_gone,
+    open_stream,
+    session_client,
+    wait_for,
+    wait_for_status,
+)
 from tests.sse import content_frames, iter_frames, parse_body
-from tests.test_stream_persistence import wait_for_status
 
 LONG_REPLY = [f"w{i} " for i in range(1000)]
-
-
-def wait_until(predicate, timeout: float = 5.0, step: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def assert_no_errors_logged(log: str) -> None:
     assert "Traceback" not in log
     assert " ERROR " not in log
-
-
-@contextmanager
-def conversation_rows_locked():
-    """Hold the conversations table, so a server's insert into it waits until the block ends."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("LOCK TABLE conversations_conversation IN EXCLUSIVE MODE")
-        else:  # SQLite's write lock, taken by atomic()'s BEGIN IMMEDIATE
-            cursor.execute("UPDATE conversations_conversation SET title = title WHERE id = -1")
-        yield
 
 
 def test_client_leaving_while_the_rows_are_written_gets_its_reply_saved_as_cancelled(
@@ -66,9 +53,12 @@ def test_client_leaving_while_the_rows_are_written_gets_its_reply_saved_as_cance
                 timeout=httpx.Timeout(15.0, read=1.0),
             )
         upstream = fake_upstream.wait_for_request(trigger)
-        time.sleep(0.3)  # the server sees the disconnect while its insert still waits
+        # The server has seen the client go while its insert still waits: it gave the reply
+        # up, which closed the upstream request.
+        wait_for(lambda: upstream.aborted)
+        assert not Message.objects.exists()
 
-    reply = wait_until(
+    reply = wait_for(
         lambda: Message.objects.filter(conversation__owner=user, role="assistant").first()
     )
     reply = wait_for_status(reply.pk)
@@ -76,7 +66,6 @@ def test_client_leaving_while_the_rows_are_written_gets_its_reply_saved_as_cance
     assert reply.content == ""
     assert reply.duration_ms is None  # saved by the abandoned-rows path, not by a started reply
     assert [m.content for m in reply.conversation.messages.all()] == [trigger, ""]
-    assert wait_until(lambda: upstream.aborted)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -86,25 +75,14 @@ def test_client_disconnect_closes_upstream_and_saves_partial_reply_as_cancelled(
     trigger = f"leave early {method}"
     fake_upstream.script(trigger, tokens=LONG_REPLY, interval=0.02)
     log_start = len(server.log())
-    request = (
-        client.build_request("GET", "/api/chat/stream", params={"message": trigger})
-        if method == "GET"
-        else client.build_request("POST", "/api/chat/stream", json={"message": trigger})
-    )
 
-    response = client.send(request, stream=True)
-    message_id = int(response.headers["x-message-id"])
-    received = []
-    for frame in iter_frames(response):
-        if frame.has_data:
-            received.append(frame)
-        if len(received) == 5:
-            break
-    response.close()
+    stream = open_stream(client, trigger, method=method)
+    message_id = stream.message_id
+    assert len(stream.read_some(5)) == 5
     closed_at = time.monotonic()
 
     upstream = fake_upstream.wait_for_request(trigger)
-    wait_until(lambda: upstream.aborted, timeout=3)
+    wait_for(lambda: upstream.aborted, timeout=3)
     assert upstream.aborted_at - closed_at < 1.0
     reply = wait_for_status(message_id)
     assert reply.status == "cancelled"
@@ -113,7 +91,8 @@ def test_client_disconnect_closes_upstream_and_saves_partial_reply_as_cancelled(
     assert full_text.startswith(reply.content)
     assert len(reply.content) < len(full_text)
     assert reply.finished_at is not None
-    time.sleep(0.2)
+    # The reply's own log line is the last thing it writes, after its save.
+    wait_for(lambda: f"reply {message_id} cancelled:" in server.log()[log_start:])
     assert_no_errors_logged(server.log()[log_start:])
 
 
@@ -239,7 +218,7 @@ def test_reply_over_the_time_limit_is_stopped_and_saved(start_server, make_user,
     reply = Message.objects.get(pk=response.headers["x-message-id"])
     assert reply.status == "error"
     assert reply.content.startswith("w0 w1 ")
-    assert wait_until(lambda: fake_upstream.requests_for("never ending")[-1].aborted)
+    assert wait_for(lambda: fake_upstream.requests_for("never ending")[-1].aborted)
 
 
 def test_reply_over_the_size_limit_is_stopped_and_saved_with_its_text(
@@ -261,7 +240,7 @@ def test_reply_over_the_size_limit_is_stopped_and_saved_with_its_text(
     assert frames[-1].event == "error"
     assert frames[-1].json()["code"] == "reply_too_long"
     assert "50 characters" in frames[-1].json()["message"]
-    assert wait_until(lambda: fake_upstream.requests_for("too long")[-1].aborted)
+    assert wait_for(lambda: fake_upstream.requests_for("too long")[-1].aborted)
     reply = wait_for_status(int(response.headers["x-message-id"]))
     assert (reply.status, reply.error_code, reply.content) == ("error", "reply_too_long", received)
 
@@ -276,8 +255,6 @@ def test_clients_that_never_read_cost_the_server_no_more_than_the_capped_reply(
 ):
     """Three clients open a stream and never read it while the model sends 20 MB each: each
     reply stops at CHAT_MAX_REPLY_CHARS (200,000), and the server holds no queue of frames."""
-    from tests.test_api import create_token
-
     token = create_token("alice")
     for n in range(3):
         fake_upstream.script(f"flood {n}", tokens=["z" * 2000] * 10_000)
@@ -295,7 +272,7 @@ def test_clients_that_never_read_cost_the_server_no_more_than_the_capped_reply(
         stalled.append(connection)
 
     replies = [
-        wait_until(lambda n=n: Message.objects.filter(
+        wait_for(lambda n=n: Message.objects.filter(
             role="assistant", conversation__title=f"flood {n}", status="error"
         ).first(), timeout=30)
         for n in range(3)
@@ -364,14 +341,6 @@ def test_reply_that_cannot_be_saved_ends_with_an_error_frame(
     Message.objects.filter(pk=message_id).update(status="error")
 
 
-def open_stream(client: httpx.Client, message: str):
-    """A POST stream left open: its response, the reply's message id and its frames (keep
-    them: dropping the iterator would close the response)."""
-    request = client.build_request("POST", "/api/chat/stream", json={"message": message})
-    response = client.send(request, stream=True)
-    return response, int(response.headers["x-message-id"]), iter_frames(response)
-
-
 def test_reply_in_flight_when_the_server_is_stopped_is_saved_as_interrupted(
     start_server, make_user, fake_upstream
 ):
@@ -379,14 +348,15 @@ def test_reply_in_flight_when_the_server_is_stopped_is_saved_as_interrupted(
     fake_upstream.script("stop the server", tokens=LONG_REPLY, interval=0.05)
 
     with session_client(server.url, make_user("erin")) as client:
-        response, message_id, frames = open_stream(client, "stop the server")
-        next(frame for frame in frames if frame.has_data)
+        stream = open_stream(client, "stop the server")
+        message_id = stream.message_id
+        next(stream.data_frames())
         # Ctrl-C twice: the second one stops uvicorn without waiting for open streams.
         server.process.send_signal(signal.SIGINT)
-        assert wait_until(lambda: "Waiting for connections to close" in server.log())
+        assert wait_for(lambda: "Waiting for connections to close" in server.log())
         server.process.send_signal(signal.SIGINT)
         server.process.wait(10)
-        response.close()
+        stream.close()
 
     reply = wait_for_status(message_id)
     assert reply.status == "interrupted"
@@ -407,13 +377,14 @@ def test_reply_of_a_killed_server_keeps_the_text_of_its_last_checkpoint(
     fake_upstream.script("kill the server", tokens=LONG_REPLY, interval=0.02)
 
     with session_client(server.url, make_user("finn")) as client:
-        response, message_id, frames = open_stream(client, "kill the server")
-        tokens = (frame.json()["token"] for frame in frames if frame.has_data)
+        stream = open_stream(client, "kill the server")
+        message_id = stream.message_id
+        tokens = (frame.json()["token"] for frame in stream.data_frames())
         received = "".join(itertools.islice(tokens, 30))
-        assert wait_until(lambda: Message.objects.get(pk=message_id).content.startswith(received))
+        assert wait_for(lambda: Message.objects.get(pk=message_id).content.startswith(received))
         server.process.kill()
         server.process.wait(10)
-        response.close()
+        stream.close()
 
     saved = Message.objects.get(pk=message_id)
     assert saved.status == "streaming"
@@ -421,18 +392,6 @@ def test_reply_of_a_killed_server_keeps_the_text_of_its_last_checkpoint(
     assert "".join(LONG_REPLY).startswith(saved.content)
     interrupted = interrupt_once_its_producer_is_gone(message_id)
     assert interrupted.content == saved.content
-
-
-def interrupt_once_its_producer_is_gone(message_id: int) -> Message:
-    """Run ``interrupt_stale_replies --older-than 0`` until it marks the reply (with Redis, a
-    killed server's word that its reply is alive lasts three heartbeats)."""
-
-    def interrupted() -> Message | None:
-        call_command("interrupt_stale_replies", older_than=0, stdout=io.StringIO())
-        message = Message.objects.get(pk=message_id)
-        return message if message.status == "interrupted" else None
-
-    return wait_until(interrupted, timeout=10, step=0.1)
 
 
 def test_a_reply_whose_producer_is_alive_is_never_marked_stale_whatever_its_age(
@@ -445,15 +404,16 @@ def test_a_reply_whose_producer_is_alive_is_never_marked_stale_whatever_its_age(
     fake_upstream.script("still alive", tokens=tokens, interval=0.05)
 
     with session_client(server.url, make_user("gail")) as client:
-        response, message_id, frames = open_stream(client, "still alive")
-        next(frame for frame in frames if frame.has_data)
+        stream = open_stream(client, "still alive")
+        message_id = stream.message_id
+        next(stream.data_frames())
         Message.objects.filter(pk=message_id).update(created_at=timezone.now() - timedelta(days=1))
         out = io.StringIO()
         call_command("interrupt_stale_replies", older_than=0, stdout=out)
         assert Message.objects.get(pk=message_id).status == "streaming"
         assert out.getvalue().strip() == "0 stale replies marked interrupted."
-        received = [frame.json() for frame in frames if frame.has_data]
-        response.close()
+        received = [frame.json() for frame in stream.data_frames()]
+        stream.close()
 
     assert (received[-1]["done"], received[-1]["status"]) == (True, "complete")
     reply = wait_for_status(message_id)

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from conversations.models import Conversation, Message
+from tests.helpers import wait_for_status
 from tests.sse import iter_frames, parse_body
-
-
-def wait_for_status(message_id: int, timeout: float = 5.0) -> Message:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = Message.objects.get(pk=message_id)
-        if message.status != Message.Status.STREAMING:
-            return message
-        time.sleep(0.02)
-    raise AssertionError(f"message {message_id} is still streaming after {timeout}s")
 
 
 def test_reply_and_its_metrics_are_saved(client, fake_upstream, user):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from conversations.models import Message
-from tests.test_stream_persistence import wait_for_status
+from tests.helpers import wait_for_status
 
 
 def test_replies_in_a_row_reuse_one_upstream_connection(client, fake_upstream):

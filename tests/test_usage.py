@@ -18,9 +18,8 @@ from conversations.models import Conversation, Message, UsageDay, UserQuota
 from conversations.services import message_finalize, messages_insert
 from conversations.tokens import api_token_create
 from conversations.usage import ReplyUsage, quota_acheck
-from tests.conftest import session_client
+from tests.helpers import count_queries, session_client
 from tests.loops import run_in_new_loop
-from tests.test_admin import count_queries
 
 SITE_QUOTA = 100
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from conversations.models import Conversation, Message
-from tests.test_stream_persistence import wait_for_status
+from tests.helpers import wait_for_status
 
 
 def unique(text: str) -> str:

@@ -149,10 +149,10 @@ class Reply:
             self._checkpoint = loop.call_later(self.checkpoint_seconds, self._checkpoint_tick)
 
     def bind(self, *, owner_id: int, conversation_id: int, message_id: int) -> None:
-        """The saved rows this reply finalises."""
+        """The saved rows this reply finalises (after ``start``, once)."""
+        self._rows_settled("bind", saved=True)
         self.owner_id = owner_id
         self.conversation_id, self.message_id = conversation_id, message_id
-        self._saved_future().set_result(True)
 
     @property
     def rows(self) -> tuple[int, int]:
@@ -168,8 +168,9 @@ class Reply:
         self._on_end.append(callback)
 
     async def adiscard(self) -> None:
-        """Stop a reply whose rows could not be saved; it then saves nothing."""
-        self._saved_future().set_result(False)
+        """Stop a reply whose rows could not be saved (after ``start``, instead of ``bind``);
+        it then saves nothing."""
+        self._rows_settled("adiscard", saved=False)
         self.stop("discarded")
         await self.aended()
 
@@ -180,6 +181,15 @@ class Reply:
         if saved is None:
             raise RuntimeError("Reply.start() must be called before bind() or adiscard()")
         return saved
+
+    def _rows_settled(self, caller: str, *, saved: bool) -> None:
+        """Tell the producing task, which waits for it before saving, whether the reply has
+        rows to save: once, and only for a reply that has started."""
+        if self._saved is None:
+            raise RuntimeError(f"Reply.{caller}() before start(): there is no reply to settle")
+        if self._saved.done():
+            raise RuntimeError(f"Reply.{caller}(): the reply was already bound or discarded")
+        self._saved.set_result(saved)
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop producing: the upstream request is closed and the partial reply saved."""
