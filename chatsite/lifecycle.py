@@ -23,9 +23,9 @@ AfterRequest = Callable[[], Awaitable[None]]
 
 @dataclass
 class Handling:
-    """One request being handled: its thread for thread-sensitive work (a
-    ``chatsite.asgi.RequestThread``), the request objects created, and the work left for its
-    end."""
+    """One request being handled: on the fast path its thread for thread-sensitive work (a
+    ``chatsite.asgi.RequestThread``) and the request objects created; in both modes the work
+    left for its end."""
 
     thread: Any = None
     requests: list = field(default_factory=list)
@@ -46,8 +46,9 @@ CURRENT: contextvars.ContextVar[Handling] = contextvars.ContextVar("handling")
 
 
 def run_after_request(callback: AfterRequest) -> None:
-    """Await ``callback`` once this request has been handled. Outside ChatASGIHandler (Django's
-    test client, which consumes every response it is given) this does nothing."""
+    """Await ``callback`` once this request has been handled. Outside ``chatsite.asgi``'s
+    applications (Django's test client, which consumes every response it is given) this does
+    nothing."""
     handling = CURRENT.get(None)
     if handling is not None:
         handling.after.append(callback)

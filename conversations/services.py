@@ -95,24 +95,19 @@ def reply_open(
     now = timezone.now()
     if chat_request.conversation_id is None:
         model = chat_request.model or default_model
-        conversation = new_conversation(
-            user=user,
-            chat_request=chat_request,
-            model=model,
-            default_system_prompt=default_system_prompt,
-            now=now,
-        )
-        rows = message_rows(chat_request.history, chat_request.message, model)
-        conversation.pk, pks = statements.insert_with_children(
+        conversation, messages = statements.insert_with_children(
             Conversation,
-            CONVERSATION_COLUMNS,
-            conversation_values(conversation),
+            new_conversation_row(
+                user=user,
+                chat_request=chat_request,
+                model=model,
+                default_system_prompt=default_system_prompt,
+                now=now,
+            ),
             Message,
-            MESSAGE_COLUMNS[1:],
-            message_values(rows, now),
+            message_rows(chat_request.history, chat_request.message, model, now),
         )
-        statements.as_saved(conversation)
-        *_, user_message, assistant_message = saved_messages(conversation, pks, rows, now)
+        *_, user_message, assistant_message = messages
         prompt = new_conversation_prompt(chat_request, default_system_prompt)
         return OpenedReply(conversation, user_message, assistant_message, prompt, model)
     with transaction.atomic():
@@ -126,8 +121,10 @@ def reply_open(
         model = chat_request.model or model_for_conversation(conversation.model)
         prompt = prompt_for_conversation(conversation)
         prompt.append({"role": "user", "content": chat_request.message})
-        rows = message_rows([], chat_request.message, model)
-        *_, user_message, assistant_message = messages_insert(conversation, rows, now=now)
+        rows = message_rows([], chat_request.message, model, now)
+        *_, user_message, assistant_message = statements.insert_rows(
+            Message, [{"conversation": conversation, **row} for row in rows]
+        )
     return OpenedReply(conversation, user_message, assistant_message, prompt, model)
 
 
@@ -170,30 +167,22 @@ def messages_mark_interrupted(*, message_ids: Collection[int]) -> int:
     )
 
 
-CONVERSATION_COLUMNS = ("owner", "title", "system_prompt", "model", "created_at", "updated_at")
-
-
-def new_conversation(
+def new_conversation_row(
     *,
     user: AbstractBaseUser,
     chat_request: ChatRequest,
     model: str,
     default_system_prompt: str,
     now: datetime,
-) -> Conversation:
-    """A new conversation, not saved yet."""
-    return Conversation(
-        owner=user,
-        title=conversation_title_from(chat_request.message),
-        system_prompt=system_prompt_for(chat_request, default_system_prompt),
-        model=model,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def conversation_values(conversation: Conversation) -> list:
-    return [conversation.owner_id, *(getattr(conversation, n) for n in CONVERSATION_COLUMNS[1:])]
+) -> dict:
+    """A new conversation's row (its last activity is the time it is saved)."""
+    return {
+        "owner": user,
+        "title": conversation_title_from(chat_request.message),
+        "system_prompt": system_prompt_for(chat_request, default_system_prompt),
+        "model": model,
+        "created_at": now,
+    }
 
 
 def conversation_lock_for_reply(
@@ -211,61 +200,22 @@ def conversation_lock_for_reply(
     return Conversation.objects.get(pk=conversation_id)
 
 
-MESSAGE_COLUMNS = (
-    "conversation",
-    "role",
-    "content",
-    "status",
-    "model",
-    "created_at",
-    "finish_reason",
-    "error_code",
-    "error_message",
-)
-
-MessageRow = tuple[str, str, str, str]
-"""A message to insert: (role, content, status, model)."""
-
-
-def message_rows(history: list[ChatMessage], message: str, model: str) -> list[MessageRow]:
-    """The rows a reply opens with: the client's history, the user's message, the reply."""
-    rows = [(item["role"], item["content"], Message.Status.COMPLETE, "") for item in history]
-    rows.append((Message.Role.USER, message, Message.Status.COMPLETE, ""))
-    rows.append((Message.Role.ASSISTANT, "", Message.Status.STREAMING, model))
-    return rows
-
-
-def message_values(rows: list[MessageRow], now: datetime) -> list[tuple]:
-    """Each row's values for MESSAGE_COLUMNS but the conversation."""
-    return [(*row, now, "", "", "") for row in rows]
-
-
-def messages_insert(
-    conversation: Conversation, rows: list[MessageRow], *, now: datetime
-) -> list[Message]:
-    """Insert the rows in one statement, in order."""
-    values = [(conversation.pk, *row) for row in message_values(rows, now)]
-    pks = statements.insert_rows(Message, MESSAGE_COLUMNS, values)
-    return saved_messages(conversation, pks, rows, now)
-
-
-def saved_messages(
-    conversation: Conversation, pks: list[int], rows: list[MessageRow], now: datetime
-) -> list[Message]:
-    return [
-        statements.as_saved(
-            Message(
-                pk=pk,
-                conversation=conversation,
-                role=role,
-                content=content,
-                status=status,
-                model=model,
-                created_at=now,
-            )
-        )
-        for pk, (role, content, status, model) in zip(pks, rows, strict=True)
+def message_rows(history: list[ChatMessage], message: str, model: str, now: datetime) -> list[dict]:
+    """The rows a reply opens with, all created ``now``: the client's history, the user's
+    message, and the reply (streaming, naming the model asked)."""
+    rows = [
+        {"role": item["role"], "content": item["content"], "created_at": now} for item in history
     ]
+    rows.append({"role": Message.Role.USER, "content": message, "created_at": now})
+    rows.append(
+        {
+            "role": Message.Role.ASSISTANT,
+            "status": Message.Status.STREAMING,
+            "model": model,
+            "created_at": now,
+        }
+    )
+    return rows
 
 
 def system_prompt_for(chat_request: ChatRequest, default_system_prompt: str) -> str:
@@ -301,7 +251,6 @@ reply_aopen = sync_to_async(reply_open_and_release)
 def message_finalize(
     *,
     message_id: int,
-    conversation_id: int,
     status: str,
     content: str,
     ttft_ms: int | None = None,
@@ -315,10 +264,7 @@ def message_finalize(
 ) -> bool:
     """Close a streaming reply exactly once; returns False if something else already closed it.
 
-    On PostgreSQL the reply and its conversation's last activity are saved in one statement.
-    Elsewhere the reply's conditional UPDATE is what counts and the conversation's last activity
-    follows in a statement of its own, not a transaction: should that one fail, it is logged and
-    only the conversation's activity time is stale.
+    The reply and its conversation's last activity are saved together.
     """
     now = timezone.now()
     result = {
@@ -335,18 +281,10 @@ def message_finalize(
         "attach_count": attach_count,
     }
     where = {"id": message_id, "status": Message.Status.STREAMING}
-    if connection.vendor == "postgresql":
-        updated = statements.update_with_parent(
-            Message, result, where, "conversation", {"updated_at": now}
-        )
-        return _finalised(updated, message_id, status)
-    if not _finalised(statements.update_rows(Message, result, where), message_id, status):
-        return False
-    try:
-        statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
-    except DatabaseError:
-        logger.exception("reply %s saved, but not its conversation's last activity", message_id)
-    return True
+    updated = statements.update_with_parent(
+        Message, result, where, "conversation", {"updated_at": now}
+    )
+    return _finalised(updated, message_id, status)
 
 
 def _finalised(updated: int, message_id: int, status: str) -> bool:
@@ -368,11 +306,10 @@ message_afinalize = sync_to_async(message_finalize_and_release, thread_sensitive
 cancels both), so the save runs on a shared worker thread, not on the request's own."""
 
 
-def message_close_abandoned(*, message_id: int, conversation_id: int) -> bool:
+def message_close_abandoned(*, message_id: int) -> bool:
     """Save a reply whose client left before it started as cancelled (outside any request)."""
     return message_finalize_and_release(
         message_id=message_id,
-        conversation_id=conversation_id,
         status=Message.Status.CANCELLED,
         content="",
     )

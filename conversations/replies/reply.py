@@ -273,7 +273,6 @@ class Reply:
         ended = asyncio.get_running_loop().time()
         await message_afinalize(
             message_id=self.message_id,
-            conversation_id=self.conversation_id,
             status=finished.status,
             content="".join(parts),
             ttft_ms=_ms(first_token_at - started) if first_token_at is not None else None,
