@@ -70,9 +70,15 @@ def csrf_rejection(request: HttpRequest) -> HttpResponse | None:
 
 
 async def acsrf_rejection(request: HttpRequest) -> HttpResponse | None:
-    """csrf_rejection, in a thread when it may read the session (CSRF_USE_SESSIONS) or parse a
-    multipart body; inline otherwise (it reads a cookie and a header or a form field)."""
-    if settings.CSRF_USE_SESSIONS or request.content_type == "multipart/form-data":
+    """csrf_rejection in a thread, as Django runs a middleware's ``process_view`` under ASGI;
+    on the fast path inline unless it may read the session (CSRF_USE_SESSIONS) or parse a
+    multipart body (otherwise it reads a cookie and a header or a form field: no I/O), as
+    ``chatsite.middleware.CsrfViewMiddleware`` decides."""
+    if (
+        not settings.CHAT_FAST_PATH
+        or settings.CSRF_USE_SESSIONS
+        or request.content_type == "multipart/form-data"
+    ):
         return await sync_to_async(csrf_rejection)(request)
     return csrf_rejection(request)
 
