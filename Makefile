@@ -77,8 +77,20 @@ format: install
 migrations-check: install
 	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 
+# The whole suite on the fast path, then the tests of the site's behaviour over HTTP again with
+# CHAT_FAST_PATH=0 (Django's stock handler, middlewares and ORM statements): the fast path must
+# change nothing they see. On PostgreSQL whenever one answers on 127.0.0.1:5432 (it says which).
+STOCK_TESTS := tests/test_stream_contract.py tests/test_stream_persistence.py \
+	tests/test_limits.py tests/test_api.py tests/test_callers.py \
+	tests/test_upstream_connection.py tests/test_request_bodies.py tests/test_stock_mode.py \
+	tests/test_deploy_checks.py::test_forwarded_proto_counts_only_from_a_trusted_proxy \
+	tests/test_serving.py::test_a_stopping_worker_lets_short_replies_finish_and_saves_the_rest_interrupted
+
 test: install browser nginx lint typecheck migrations-check
-	$(BIN)/pytest
+	@database_url="$$($(BIN)/python scripts/test_database.py)" && \
+	DATABASE_URL="$$database_url" $(BIN)/pytest && \
+	echo "make test: again on stock Django (CHAT_FAST_PATH=0): $(STOCK_TESTS)" && \
+	DATABASE_URL="$$database_url" CHAT_FAST_PATH=0 $(BIN)/pytest $(STOCK_TESTS)
 
 # Refresh the README's screenshots of the chat page (tests/artifacts/chat-page.png, light;
 # chat-page-dark.png; chat-page-phone.png).
@@ -86,7 +98,8 @@ screenshot: install browser
 	UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/test_chat_ui.py -k watches_the_reply_grow
 	UPDATE_SCREENSHOT=1 $(BIN)/pytest tests/test_chat_layout.py -k screenshots
 
-# The relay against its peers (needs PostgreSQL and Redis on 127.0.0.1; a few minutes).
+# The relay against its peers, on the fast path and on stock Django (chatsite-stock) side by
+# side (needs PostgreSQL and Redis on 127.0.0.1; a few minutes).
 bench: install
 	$(BIN)/python -m bench.run
 

@@ -34,6 +34,14 @@ INTERVAL = 0.02
 DELAY = 0.1
 SERVER_CPU, CLIENT_CPU = "0", "1"
 
+CHATSITE = {
+    "chatsite": {"CHAT_FAST_PATH": "1"},
+    # The same site on Django's stock handler, middlewares and ORM statements, and httpx's own
+    # transport upstream: what the fast path (docs/internals.md) is worth.
+    "chatsite-stock": {"CHAT_FAST_PATH": "0"},
+}
+"""This project's targets: one environment each, over the same database, Redis and tokens."""
+
 PEERS = {
     "starlette": "bench.peers.starlette_relay:app",
     "fastapi": "bench.peers.fastapi_relay:app",
@@ -385,13 +393,20 @@ async def main(quick: bool, only: list[str] | None) -> dict:
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     base = {**os.environ, "OPENAI_BASE_URL": upstream_url, "PYTHONPATH": str(ROOT)}
     env, tokens = chatsite_env(base, upstream_url)
-    wanted = {"chatsite", *PEERS} if not only else set(only)
+    wanted = {*CHATSITE, *PEERS} if not only else set(only)
     targets = []
-    if "chatsite" in wanted:
-        # As in production: uvicorn's command with the header cap (the peers run bare uvicorn).
-        targets.append(
-            Target("chatsite", "chatsite.asgi:application", env, tokens, server="chatsite.serve")
-        )
+    for name, overrides in CHATSITE.items():
+        if name in wanted:
+            # As in production: uvicorn's command with the header cap (the peers run bare uvicorn).
+            targets.append(
+                Target(
+                    name,
+                    "chatsite.asgi:application",
+                    {**env, **overrides},
+                    tokens,
+                    server="chatsite.serve",
+                )
+            )
     targets += [Target(name, app, base, None) for name, app in PEERS.items() if name in wanted]
     ids = Ids()
     for target in targets:

@@ -1,6 +1,14 @@
-"""ASGI entry point: ``uvicorn chatsite.asgi:application``."""
+"""ASGI entry point: ``uvicorn chatsite.asgi:application``.
+
+CHAT_FAST_PATH=1 (the default): ``ChatASGIHandler``, Django's handler with its undocumented
+methods overridden (docs/internals.md). CHAT_FAST_PATH=0: ``StockApplication``, Django's own
+``get_asgi_application()`` with the site's additions made through the ASGI interface only.
+Both serve lifespan (the replies running at shutdown are saved), refuse a body over
+CHAT_MAX_BODY_BYTES with 413 before it is read, and run what a request left for its end.
+"""
 
 import gc
+import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -10,9 +18,10 @@ from typing import IO, Any, ParamSpec, TypeVar
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
+from django.core.asgi import get_asgi_application
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
-from django.db import connections
+from django.db import close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.http import HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
@@ -27,6 +36,7 @@ Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+logger = logging.getLogger(__name__)
 
 
 class RequestThreads:
@@ -127,23 +137,9 @@ class ChatASGIHandler(ASGIHandler):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.lifespan(receive, send)
+            await lifespan(receive, send)
             return
         await super().__call__(scope, receive, send)
-
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        """ASGI lifespan, which Django's handler refuses: nothing to do at startup; at shutdown,
-        what ``chatsite.lifecycle.run_at_shutdown`` registered (the replies still running are
-        saved ``interrupted``). uvicorn sends it once the graceful-shutdown timeout has passed,
-        and then exits at once, before any task it leaves behind could save anything."""
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await arun_shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if declared_length(scope) > self.max_body_bytes:
@@ -220,6 +216,93 @@ class ChatASGIHandler(ASGIHandler):
             raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
 
 
+class StockApplication:
+    """Django's own ASGI application (``get_asgi_application()``) and what the site adds to
+    it, through the ASGI interface only: lifespan, the body cap (413), the work a request left
+    for its end (``chatsite.lifecycle``), and the request's database connections handed back
+    once its response streams (Django would keep them until the stream ends; a pool of 20
+    would then hold 20 open streams at most)."""
+
+    def __init__(self) -> None:
+        self.django = get_asgi_application()
+        self.max_body_bytes = settings.CHAT_MAX_BODY_BYTES
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await self.django(scope, receive, send)
+            return
+        if declared_length(scope) > self.max_body_bytes:
+            await send_plain(body_too_large(scope, self.max_body_bytes), send)
+            return
+        handling = Handling()
+        reset = CURRENT.set(handling)
+        try:
+            await self.django(scope, self.counting(receive), releasing_connections(send))
+        except BodyTooLarge:
+            await send_plain(body_too_large(scope, self.max_body_bytes), send)
+        finally:
+            CURRENT.reset(reset)
+        await handling.arun_after()
+
+    def counting(self, receive: Receive) -> Receive:
+        """``receive``, raising BodyTooLarge (out of Django's handler) as soon as the body
+        read so far passes CHAT_MAX_BODY_BYTES."""
+        received = 0
+
+        async def counted() -> Mapping[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise BodyTooLarge()
+            return message
+
+        return counted
+
+
+def releasing_connections(send: Send) -> Send:
+    """``send``, handing the request's database connections back before the first part of a
+    body that comes in parts (a stream), as Django does when a request ends: with
+    ``close_old_connections``, on the request's thread (``sync_to_async`` in its context)."""
+    released = False
+
+    async def sending(message: Mapping[str, Any]) -> None:
+        nonlocal released
+        if not released and message.get("more_body") and message["type"] == "http.response.body":
+            released = True
+            await sync_to_async(close_old_connections)()
+        await send(message)
+
+    return sending
+
+
+async def send_plain(response: HttpResponse, send: Send) -> None:
+    """A complete, non-streaming response sent straight over ASGI."""
+    headers = [
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()
+    ]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.content})
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """ASGI lifespan, which Django's handler refuses: nothing to do at startup; at shutdown,
+    what ``chatsite.lifecycle.run_at_shutdown`` registered (the replies still running are
+    saved ``interrupted``). uvicorn sends it once the graceful-shutdown timeout has passed,
+    and then exits at once, before any task it leaves behind could save anything."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await arun_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def close_connections(opened: list[BaseDatabaseWrapper]) -> None:
     """Close the request's database connections, on the thread that opened them."""
     for connection in opened:
@@ -255,7 +338,14 @@ def body_too_large(scope: Mapping[str, Any], max_bytes: int) -> HttpResponse:
 
 
 django.setup(set_prefix=False)
-application = ChatASGIHandler()
+application: ChatASGIHandler | StockApplication
+if settings.CHAT_FAST_PATH:
+    application = ChatASGIHandler()
+else:
+    application = StockApplication()
+    logger.info(
+        "CHAT_FAST_PATH=0: serving on Django's stock handler, middlewares and ORM statements"
+    )
 
 
 def freeze_what_startup_loaded() -> None:
@@ -267,4 +357,5 @@ def freeze_what_startup_loaded() -> None:
     gc.freeze()
 
 
-freeze_what_startup_loaded()
+if settings.CHAT_FAST_PATH:
+    freeze_what_startup_loaded()

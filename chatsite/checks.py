@@ -7,6 +7,8 @@ then skipped every check that depends on those middlewares: HSTS, SSL redirect, 
 Referrer-Policy, X-Frame-Options DENY, a secure CSRF cookie. Settings silence exactly W001-W003;
 here a missing middleware is reported by class, and the skipped checks are run again with
 Django's own warnings (``django.core.checks.security``), so their ids and words are Django's.
+With the stock middlewares (CHAT_FAST_PATH=0) Django finds them by path and runs its own checks;
+these then stay silent, so that no warning is given twice.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ W003 = CheckWarning(
 )
 
 
+def django_checks_it(path: str) -> bool:
+    """Whether Django's own deploy checks find the middleware (they look for its path)."""
+    return path in settings.MIDDLEWARE
+
+
 def middleware_has(cls: type) -> bool:
     """Whether MIDDLEWARE lists ``cls`` or a subclass of it (function middlewares are not)."""
     for path in settings.MIDDLEWARE:
@@ -65,6 +72,8 @@ def check_security_middleware(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[CheckMessage]:
     """security.W001 by class, then what Django runs only when it finds the middleware."""
+    if django_checks_it(SECURITY_PATH):
+        return []
     if not middleware_has(security.SecurityMiddleware):
         return [W001]
     messages: list[CheckMessage] = []
@@ -102,6 +111,8 @@ def check_xframe_options_middleware(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[CheckMessage]:
     """security.W002 by class, then security.W019 (X_FRAME_OPTIONS should be DENY)."""
+    if django_checks_it(XFRAME_PATH):
+        return []
     if not middleware_has(clickjacking.XFrameOptionsMiddleware):
         return [W002]
     return [] if settings.X_FRAME_OPTIONS == "DENY" else [base.W019]
@@ -112,6 +123,8 @@ def check_csrf_middleware(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[CheckMessage]:
     """security.W003 by class, then security.W016 (a secure CSRF cookie)."""
+    if django_checks_it(CSRF_PATH):
+        return []
     if not middleware_has(csrf_middleware.CsrfViewMiddleware):
         return [W003]
     if settings.CSRF_USE_SESSIONS or settings.CSRF_COOKIE_SECURE is True:

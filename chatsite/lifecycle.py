@@ -28,9 +28,9 @@ AfterRequest = Callable[[], Awaitable[None]]
 
 @dataclass
 class Handling:
-    """One request being handled: its thread for thread-sensitive work (a
-    ``chatsite.asgi.RequestThread``), the request objects created, and the work left for its
-    end."""
+    """One request being handled: on the fast path its thread for thread-sensitive work (a
+    ``chatsite.asgi.RequestThread``) and the request objects created; in both modes the work
+    left for its end."""
 
     thread: RequestThread | None = None
     requests: list[HttpRequest] = field(default_factory=list)
@@ -52,8 +52,8 @@ CURRENT: contextvars.ContextVar[Handling] = contextvars.ContextVar("handling")
 
 def run_after_request(callback: AfterRequest) -> bool:
     """Await ``callback`` once this request has been handled (and True). Outside
-    ChatASGIHandler (Django's test client, which consumes every response it is given) this
-    does nothing (and False)."""
+    ``chatsite.asgi``'s applications (Django's test client, which consumes every response it
+    is given) this does nothing (and False)."""
     handling = CURRENT.get(None)
     if handling is None:
         return False

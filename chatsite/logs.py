@@ -71,3 +71,16 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class ClientErrorsWithoutTracebacks(logging.Filter):
+    """For the ``django.request`` logger: a 4xx that Django reached through an exception
+    (``PermissionDenied``, ``Http404``, a bad request) is the client's doing, not a fault of the
+    site's: one warning line, without the exception's traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if record.exc_info and isinstance(status, int) and status < 500:
+            record.exc_info = None
+            record.exc_text = None
+        return True

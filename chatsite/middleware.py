@@ -1,4 +1,10 @@
-"""Project-wide middleware: security headers, static files, and Django's stack without threads."""
+"""Project-wide middleware: security headers, static files, and Django's stack without threads.
+
+The function middlewares (proxy headers, default headers) serve both modes. The classes are
+the fast path's (CHAT_FAST_PATH=1): each is Django's or WhiteNoise's own middleware with its
+hooks run on the event loop; settings.FAST_MIDDLEWARE pairs each with the stock class that
+CHAT_FAST_PATH=0 uses instead. What they rely on below the public API is in docs/internals.md.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
 from django.contrib.sessions import middleware as sessions_middleware
-from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.cache import patch_vary_headers
@@ -58,6 +64,39 @@ def default_headers_middleware(get_response: GetResponse) -> GetResponse:
         identify(request)
         response: HttpResponseBase = get_response(request)
         set_default_headers(request, response)
+        return response
+
+    return middleware
+
+
+@sync_and_async_middleware
+def proxy_headers_middleware(get_response: GetResponse) -> GetResponse:
+    """SECURE_PROXY_SSL_HEADER counts only from CHAT_TRUSTED_PROXIES. Goes first.
+
+    Django believes that header (X-Forwarded-Proto) from any client, so a client reaching the
+    site directly could pass plain HTTP off as HTTPS: no SSL redirect, HSTS over HTTP. Here the
+    header is dropped before the security middleware reads it, unless the socket's address is
+    a trusted proxy.
+    """
+    proxy_ssl_header = settings.SECURE_PROXY_SSL_HEADER
+    header = proxy_ssl_header[0] if proxy_ssl_header else None
+
+    def drop_untrusted(request: HttpRequest) -> None:
+        if header in request.META and not is_trusted_proxy(request.META.get("REMOTE_ADDR", "")):
+            del request.META[header]
+
+    if iscoroutinefunction(get_response):
+
+        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
+            drop_untrusted(request)
+            response: HttpResponseBase = await get_response(request)
+            return response
+
+        return amiddleware
+
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        drop_untrusted(request)
+        response: HttpResponseBase = get_response(request)
         return response
 
     return middleware
@@ -148,23 +187,8 @@ class InlineHooksMixin(MiddlewareMixin):
 
 
 class SecurityMiddleware(InlineHooksMixin, security.SecurityMiddleware):
-    """Django's, but SECURE_PROXY_SSL_HEADER counts only from CHAT_TRUSTED_PROXIES.
-
-    Django believes that header (X-Forwarded-Proto) from any client, so a client reaching the
-    site directly could pass plain HTTP off as HTTPS: no SSL redirect, HSTS over HTTP. Here the
-    header is dropped first unless the socket's address is a trusted proxy.
-    """
-
-    def __init__(self, get_response: GetResponse) -> None:
-        super().__init__(get_response)
-        proxy_ssl_header = settings.SECURE_PROXY_SSL_HEADER
-        self.proxy_ssl_header = proxy_ssl_header[0] if proxy_ssl_header else None
-
-    def process_request(self, request: HttpRequest) -> HttpResponsePermanentRedirect | None:
-        header = self.proxy_ssl_header
-        if header in request.META and not is_trusted_proxy(request.META.get("REMOTE_ADDR", "")):
-            del request.META[header]
-        return super().process_request(request)
+    """Django's, with its hooks on the event loop (the proxy header rule is
+    ``proxy_headers_middleware``'s, which goes first in both modes)."""
 
 
 class SessionMiddleware(InlineHooksMixin, sessions_middleware.SessionMiddleware):

@@ -129,19 +129,47 @@ INSTALLED_APPS = [
     "conversations",
 ]
 
-# Django's own middlewares, subclassed to run their hooks on the event loop (see middleware.py).
-MIDDLEWARE = [
-    "chatsite.middleware.SecurityMiddleware",
+# The fast path (CHAT_FAST_PATH=1, the default): Django's middlewares re-hooked onto the event
+# loop (chatsite/middleware.py), a custom ASGI handler (chatsite/asgi.py), hand-built SQL on
+# PostgreSQL (conversations/statements/), an async database pool (conversations/asyncdb.py) and
+# an aiohttp transport upstream. CHAT_FAST_PATH=0 serves the same site on Django's, WhiteNoise's
+# and httpx's stock classes and the ORM: the way back when an upgrade breaks a shortcut below a
+# public API (docs/internals.md lists them all, each with its guard test).
+CHAT_FAST_PATH = env_bool("CHAT_FAST_PATH", default=True)
+
+STOCK_MIDDLEWARE = [
+    "chatsite.middleware.proxy_headers_middleware",
+    "django.middleware.security.SecurityMiddleware",
     "chatsite.middleware.default_headers_middleware",
-    "chatsite.middleware.StaticFilesMiddleware",
-    "chatsite.middleware.SessionMiddleware",
-    "chatsite.middleware.CommonMiddleware",
-    "conversations.auth.bearer_csrf_exempt_middleware",
-    "chatsite.middleware.CsrfViewMiddleware",
-    "chatsite.middleware.AuthenticationMiddleware",
-    "chatsite.middleware.MessageMiddleware",
-    "chatsite.middleware.XFrameOptionsMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# On the fast path each of these stock middlewares is replaced by its subclass, which runs its
+# hooks on the event loop instead of in a thread (chatsite/middleware.py).
+FAST_MIDDLEWARE = {
+    "django.middleware.security.SecurityMiddleware": "chatsite.middleware.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware": "chatsite.middleware.StaticFilesMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware": "chatsite.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware": "chatsite.middleware.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware": "chatsite.middleware.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware": (
+        "chatsite.middleware.AuthenticationMiddleware"
+    ),
+    "django.contrib.messages.middleware.MessageMiddleware": "chatsite.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": (
+        "chatsite.middleware.XFrameOptionsMiddleware"
+    ),
+}
+MIDDLEWARE = (
+    [FAST_MIDDLEWARE.get(path, path) for path in STOCK_MIDDLEWARE]
+    if CHAT_FAST_PATH
+    else STOCK_MIDDLEWARE
+)
 # Django's deploy checks look for its security, CSRF and X-Frame-Options middlewares by path, so
 # they missed the subclasses above (security.W001-W003, though the headers are sent) and then
 # skipped the checks that depend on them. chatsite.checks checks by class and runs those.
@@ -176,7 +204,11 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "chatsite"),
-            "OPTIONS": {"pool_class": "chatsite.cache.SharedConnectionPool"},
+            # One Redis connection pool per process (chatsite/cache.py); stock: one per cache
+            # object, so under ASGI one per request.
+            "OPTIONS": {"pool_class": "chatsite.cache.SharedConnectionPool"}
+            if CHAT_FAST_PATH
+            else {},
         }
     }
     # django-ratelimit 4.1 lists django-redis but not Django's own RedisCache (new in Django 4.0,
@@ -335,6 +367,7 @@ LOGGING = {
     "filters": {
         "without_outage_tracebacks": {"()": "conversations.outages.WithoutOutageTracebacks"},
         "request_id": {"()": "chatsite.logs.RequestIdFilter"},
+        "client_errors_without_tracebacks": {"()": "chatsite.logs.ClientErrorsWithoutTracebacks"},
     },
     "handlers": {
         "console": {
@@ -347,7 +380,10 @@ LOGGING = {
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # A database outage is logged once by conversations.outages, not once per request.
-        "django.request": {"filters": ["without_outage_tracebacks"]},
+        # A 4xx is logged in one line (a denied permission is no fault of the site's).
+        "django.request": {
+            "filters": ["without_outage_tracebacks", "client_errors_without_tracebacks"]
+        },
         # One line per upstream request duplicates the reply's own line (conversations.replies).
         "httpx": {"level": "WARNING"},
         # uvicorn's own lines (start, stop, errors, and its access log unless it is off:

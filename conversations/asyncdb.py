@@ -4,8 +4,13 @@ Django's ORM is synchronous: each query from an async view is a hop to a worker 
 back, and under load each hop waits for the event loop to give up the GIL. The API token
 lookup, which every API request waits for before anything else, therefore runs here on
 PostgreSQL, on an async psycopg pool of this module's own (one per event loop, configured like
-Django's connections). Other databases (SQLite on a fresh machine) have no async driver here:
-``available()`` is False and callers use Django's connection in a thread instead.
+Django's connections). Other databases (SQLite on a fresh machine) have no async driver here,
+and CHAT_FAST_PATH=0 leaves this pool out: ``available()`` is False and callers use Django's
+ORM in a thread instead.
+
+Below Django's public API (docs/internals.md): the pool is configured from
+``connection.get_connection_params()``, whose ``cursor_factory`` (a sync cursor class) is
+swapped for its async twin.
 
 A reply's rows and its final save stay in worker threads: now that each is one statement,
 moving them here saved 5% of CPU per request in sequence but nothing measurable at 50 streams.
@@ -20,6 +25,7 @@ from functools import cache
 
 import psycopg
 from django import db
+from django.conf import settings
 from django.db import connection
 from psycopg_pool import AsyncConnectionPool
 
@@ -31,7 +37,9 @@ _unawaited: set[asyncio.Task[None]] = set()
 
 @cache
 def available() -> bool:
-    return connection.vendor == "postgresql"
+    """Whether statements may be awaited here: on the fast path (CHAT_FAST_PATH=1), on
+    PostgreSQL. Otherwise callers use Django's ORM in a thread."""
+    return settings.CHAT_FAST_PATH and connection.vendor == "postgresql"
 
 
 def _pool_for_django_connection() -> AsyncConnectionPool:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
-from asgiref.sync import iscoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.http import HttpRequest
-from django.http.response import HttpResponseBase
-from django.utils.decorators import sync_and_async_middleware
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
 
 from .errors import ApiError
 from .tokens import api_token_aauthenticate
@@ -58,15 +55,39 @@ def _session_auser(request: HttpRequest) -> User:
     return request.user
 
 
-def exempt_token_requests_from_csrf(request: HttpRequest) -> None:
-    """An API request is exempt from CSRF unless a session cookie is what would authenticate
-    it: with Authorization it never falls back to the session, and with no session cookie it
-    carries no ambient credentials (it gets 401, not a CSRF failure)."""
-    if request.path.startswith("/api/") and (
-        bearer_token(request) is not None or settings.SESSION_COOKIE_NAME not in request.COOKIES
+def carries_session_credentials(request: HttpRequest) -> bool:
+    """Whether the browser session is what would authenticate this API request: it has a
+    session cookie and no Authorization (with Authorization it never falls back to the session).
+    Only such a request needs CSRF protection: any other carries no ambient credentials (with
+    no session cookie it gets 401, not a CSRF failure)."""
+    return bearer_token(request) is None and settings.SESSION_COOKIE_NAME in request.COOKIES
+
+
+def csrf_rejection(request: HttpRequest) -> HttpResponse | None:
+    """Django's CSRF check of an unsafe request (what CsrfViewMiddleware does for a view that
+    is not exempt), or None when it passes: the response of CSRF_FAILURE_VIEW otherwise."""
+    return _CSRF.process_view(request, _no_view, (), {})
+
+
+async def acsrf_rejection(request: HttpRequest) -> HttpResponse | None:
+    """csrf_rejection in a thread, as Django runs a middleware's ``process_view`` under ASGI;
+    on the fast path inline unless it may read the session (CSRF_USE_SESSIONS) or parse a
+    multipart body (otherwise it reads a cookie and a header or a form field: no I/O), as
+    ``chatsite.middleware.CsrfViewMiddleware`` decides."""
+    if (
+        not settings.CHAT_FAST_PATH
+        or settings.CSRF_USE_SESSIONS
+        or request.content_type == "multipart/form-data"
     ):
-        # Django's private flag, the one its own test client sets; not in the stubs.
-        request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+        return await sync_to_async(csrf_rejection)(request)
+    return csrf_rejection(request)
+
+
+def _no_view(request: HttpRequest) -> HttpResponse:
+    raise AssertionError("only CsrfViewMiddleware.process_view is called")
+
+
+_CSRF = CsrfViewMiddleware(_no_view)
 
 
 def is_same_origin(request: HttpRequest) -> bool:
@@ -103,27 +124,3 @@ def require_staff(user: User) -> None:
     """ApiError(403) unless ``user`` is staff (signed in, or by one of their API tokens)."""
     if not getattr(user, "is_staff", False):
         raise ApiError(403, "staff_only", "Only staff may use this endpoint.")
-
-
-@sync_and_async_middleware
-def bearer_csrf_exempt_middleware(
-    get_response: Callable[[HttpRequest], Any],
-) -> Callable[[HttpRequest], Any]:
-    """Requests without ambient credentials are exempt from CSRF (see
-    exempt_token_requests_from_csrf). Goes before CsrfViewMiddleware. Session requests that
-    change state are still checked."""
-    if iscoroutinefunction(get_response):
-
-        async def amiddleware(request: HttpRequest) -> HttpResponseBase:
-            exempt_token_requests_from_csrf(request)
-            response: HttpResponseBase = await get_response(request)
-            return response
-
-        return amiddleware
-
-    def middleware(request: HttpRequest) -> HttpResponseBase:
-        exempt_token_requests_from_csrf(request)
-        response: HttpResponseBase = get_response(request)
-        return response
-
-    return middleware

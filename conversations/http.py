@@ -11,10 +11,11 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
+from django.views.decorators.csrf import csrf_exempt
 
 from chatsite import metrics
 
-from .auth import api_auser
+from .auth import acsrf_rejection, api_auser, carries_session_credentials
 from .errors import (
     ApiError,
     Busy,
@@ -48,13 +49,23 @@ class AuthenticatedRequest(HttpRequest):
 
 
 def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
-    """An API endpoint: only ``methods`` (405), an authenticated caller (401) within the rate
-    limit (429, and ``RateLimit-*`` headers on every answer), set as ``request.api_user``; any
-    ApiError becomes its JSON response."""
+    """An API endpoint: CSRF-checked only when the browser session authenticates it (403),
+    only ``methods`` (405), an authenticated caller (401) within the rate limit (429, and
+    ``RateLimit-*`` headers on every answer), set as ``request.api_user``; any ApiError becomes
+    its JSON response.
+
+    The view is ``csrf_exempt`` for CsrfViewMiddleware and checks CSRF itself, first, with
+    Django's own check, and only for a request that carries the session's ambient credentials:
+    one with an API token, or with no session cookie at all, cannot be forged that way."""
 
     def decorator(view: AsyncView) -> AsyncView:
+        @csrf_exempt
         @functools.wraps(view)
         async def wrapper(request: ApiRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            if carries_session_credentials(request):
+                rejected = await acsrf_rejection(request)
+                if rejected is not None:
+                    return rejected
             if request.method not in methods:
                 return error_response(
                     405,

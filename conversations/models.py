@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector
 from django.db import models
+from django.utils import timezone
 
 SEARCH_CONFIG = "simple"
 """The text search configuration: no stemming and no stop words, so any language works."""
@@ -26,7 +27,9 @@ class Conversation(models.Model):
     title = models.CharField(max_length=200, blank=True)
     system_prompt = models.TextField(blank=True, help_text="Sent first in every prompt.")
     model = models.CharField(max_length=200, blank=True, help_text="The model that answers.")
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Given by the service that saves it (one time for a conversation and its first messages),
+    # else the time of saving: a given value is kept, which auto_now_add would overwrite.
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True, help_text="Last activity.")
     current_leaf = models.ForeignKey(
         "Message",
@@ -77,7 +80,7 @@ class Message(models.Model):
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     model = models.CharField(max_length=200, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True)
     ttft_ms = models.PositiveIntegerField(
         null=True, blank=True, help_text="Time from the upstream call to the first token."

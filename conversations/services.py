@@ -17,6 +17,7 @@ from . import asyncdb, statements
 from .errors import Conflict, Invalid, NotFound
 from .models import Conversation, Message, UsageDay
 from .providers import ChatMessage
+from .statements import postgresql
 from .usage import ReplyUsage, utc_day
 from .versions import Tree
 
@@ -147,7 +148,11 @@ def reply_open(
     now = timezone.now()
     if chat_request.conversation_id is None:
         start = NewConversation.of(user, chat_request, default_model, default_system_prompt, now)
-        return start.opened(statements.insert_with_children(*start.rows(), chain="parent"))
+        return start.opened(
+            statements.insert_with_children(
+                Conversation, start.conversation, Message, start.messages, chain="parent"
+            )
+        )
     with transaction.atomic():
         conversation = conversation_lock_for_reply(
             user=user,
@@ -161,12 +166,17 @@ def reply_open(
         parent_id = reply_parent(tree, chat_request, shown_leaf=conversation.current_leaf_id)
         shown = tree.path_to(parent_id)
         prompt = prompt_from(conversation.system_prompt, ((t.role, t.content) for t in shown))
+        rows = message_rows([], chat_request.message, model, now)
         if chat_request.regenerate_of is None:
             prompt.append({"role": "user", "content": chat_request.message})
-            rows = message_rows([], chat_request.message, model)
         else:
-            rows = [(Message.Role.ASSISTANT, "", Message.Status.STREAMING, model)]
-        messages = messages_insert(conversation, rows, now=now, parent_id=parent_id)
+            rows = rows[-1:]  # the reply alone: it answers a message saved before
+        messages = statements.insert_chain(
+            Message,
+            [{"conversation": conversation, **row} for row in rows],
+            chain="parent",
+            first=parent_id,
+        )
         if conversation.current_leaf_id is not None:
             # A version was picked to be shown: the new reply, the newest message, is shown now.
             statements.update_rows(Conversation, {"current_leaf": None}, {"id": conversation.pk})
@@ -181,11 +191,10 @@ class NewConversation:
     """A conversation a reply starts, before its rows are written: one statement writes the
     conversation and its messages (each following the one before)."""
 
-    conversation: Conversation
-    messages: list[MessageRow]
+    conversation: dict[str, Any]
+    messages: list[dict[str, Any]]
     prompt: list[ChatMessage]
     model: str
-    now: datetime
 
     @classmethod
     def of(
@@ -197,34 +206,20 @@ class NewConversation:
         now: datetime,
     ) -> NewConversation:
         model = chat_request.model or default_model
-        conversation = new_conversation(
+        conversation = new_conversation_row(
             user=user,
             chat_request=chat_request,
             model=model,
             default_system_prompt=default_system_prompt,
             now=now,
         )
-        rows = message_rows(chat_request.history, chat_request.message, model)
+        rows = message_rows(chat_request.history, chat_request.message, model, now)
         prompt = new_conversation_prompt(chat_request, default_system_prompt)
-        return cls(conversation, rows, prompt, model, now)
+        return cls(conversation, rows, prompt, model)
 
-    def rows(self) -> tuple:
-        """The arguments of statements.insert_with_children (or its statement's)."""
-        return (
-            Conversation,
-            CONVERSATION_COLUMNS,
-            conversation_values(self.conversation),
-            Message,
-            MESSAGE_COLUMNS[1:],
-            message_values(self.messages, self.now),
-        )
-
-    def opened(self, keys: tuple[int, list[int]]) -> OpenedReply:
-        """The reply opened, given the keys the insert returned."""
-        conversation = self.conversation
-        conversation.pk, pks = keys
-        statements.as_saved(conversation)
-        messages = saved_messages(conversation, pks, self.messages, self.now, parent_id=None)
+    def opened(self, saved: tuple[Conversation, list[Message]]) -> OpenedReply:
+        """The reply opened, given what the insert saved."""
+        conversation, messages = saved
         *_, user_message, assistant_message = messages
         return OpenedReply(conversation, user_message, assistant_message, self.prompt, self.model)
 
@@ -237,12 +232,14 @@ async def reply_aopen_new(
     default_system_prompt: str,
     **_: object,
 ) -> OpenedReply:
-    """reply_open for a new conversation on PostgreSQL, on the event loop (``asyncdb``): its
+    """reply_open for a new conversation on the fast path, on the event loop (``asyncdb``): its
     one statement needs no thread, and a stream holds none while its rows are written."""
     now = timezone.now()
     start = NewConversation.of(user, chat_request, default_model, default_system_prompt, now)
-    sql, params = statements.insert_with_children_statement(*start.rows(), chain="parent")
-    return start.opened(statements.parent_and_children_keys(await asyncdb.fetchall(sql, params)))
+    insert = postgresql.insert_with_children_prepared(
+        Conversation, start.conversation, Message, start.messages, chain="parent"
+    )
+    return start.opened(insert.saved(await asyncdb.fetchall(insert.sql, insert.params)))
 
 
 MIN_STALE_AGE = timedelta(seconds=1)
@@ -284,30 +281,22 @@ def messages_mark_interrupted(*, message_ids: Collection[int]) -> int:
     )
 
 
-CONVERSATION_COLUMNS = ("owner", "title", "system_prompt", "model", "created_at", "updated_at")
-
-
-def new_conversation(
+def new_conversation_row(
     *,
     user: User,
     chat_request: ChatRequest,
     model: str,
     default_system_prompt: str,
     now: datetime,
-) -> Conversation:
-    """A new conversation, not saved yet."""
-    return Conversation(
-        owner=user,
-        title=conversation_title_from(chat_request.message),
-        system_prompt=system_prompt_for(chat_request, default_system_prompt),
-        model=model,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def conversation_values(conversation: Conversation) -> list:
-    return [conversation.owner_id, *(getattr(conversation, n) for n in CONVERSATION_COLUMNS[1:])]
+) -> dict[str, Any]:
+    """A new conversation's row (its last activity is the time it is saved)."""
+    return {
+        "owner": user,
+        "title": conversation_title_from(chat_request.message),
+        "system_prompt": system_prompt_for(chat_request, default_system_prompt),
+        "model": model,
+        "created_at": now,
+    }
 
 
 def conversation_lock_for_reply(
@@ -325,72 +314,24 @@ def conversation_lock_for_reply(
     return Conversation.objects.get(pk=conversation_id)
 
 
-MESSAGE_COLUMNS = (
-    "conversation",
-    "role",
-    "content",
-    "status",
-    "model",
-    "created_at",
-    "finish_reason",
-    "error_code",
-    "error_message",
-)
-
-MessageRow = tuple[str, str, str, str]
-"""A message to insert: (role, content, status, model)."""
-
-
-def message_rows(history: list[ChatMessage], message: str, model: str) -> list[MessageRow]:
-    """The rows a reply opens with: the client's history, the user's message, the reply."""
-    rows: list[MessageRow] = [
-        (item["role"], item["content"], Message.Status.COMPLETE, "") for item in history
+def message_rows(
+    history: list[ChatMessage], message: str, model: str, now: datetime
+) -> list[dict[str, Any]]:
+    """The rows a reply opens with, all created ``now``: the client's history, the user's
+    message, and the reply (streaming, naming the model asked)."""
+    rows: list[dict[str, Any]] = [
+        {"role": item["role"], "content": item["content"], "created_at": now} for item in history
     ]
-    rows.append((Message.Role.USER, message, Message.Status.COMPLETE, ""))
-    rows.append((Message.Role.ASSISTANT, "", Message.Status.STREAMING, model))
+    rows.append({"role": Message.Role.USER, "content": message, "created_at": now})
+    rows.append(
+        {
+            "role": Message.Role.ASSISTANT,
+            "status": Message.Status.STREAMING,
+            "model": model,
+            "created_at": now,
+        }
+    )
     return rows
-
-
-def message_values(rows: list[MessageRow], now: datetime) -> list[tuple]:
-    """Each row's values for MESSAGE_COLUMNS but the conversation."""
-    return [(*row, now, "", "", "") for row in rows]
-
-
-def messages_insert(
-    conversation: Conversation, rows: list[MessageRow], *, now: datetime, parent_id: int | None
-) -> list[Message]:
-    """Insert the rows in one statement, in order, each following the one before it and the
-    first following ``parent_id``."""
-    values = [(conversation.pk, *row) for row in message_values(rows, now)]
-    pks = statements.insert_chain(Message, MESSAGE_COLUMNS, values, chain="parent", first=parent_id)
-    return saved_messages(conversation, pks, rows, now, parent_id=parent_id)
-
-
-def saved_messages(
-    conversation: Conversation,
-    pks: list[int],
-    rows: list[MessageRow],
-    now: datetime,
-    *,
-    parent_id: int | None,
-) -> list[Message]:
-    """The rows just inserted as saved instances, each following the one before it."""
-    parents = [parent_id, *pks[:-1]]
-    return [
-        statements.as_saved(
-            Message(
-                pk=pk,
-                conversation=conversation,
-                parent_id=parent,
-                role=role,
-                content=content,
-                status=status,
-                model=model,
-                created_at=now,
-            )
-        )
-        for pk, parent, (role, content, status, model) in zip(pks, parents, rows, strict=True)
-    ]
 
 
 def system_prompt_for(chat_request: ChatRequest, default_system_prompt: str) -> str:
@@ -405,9 +346,9 @@ def new_conversation_prompt(
 ) -> list[ChatMessage]:
     """The prompt of the conversation this request starts, before it is saved: made from the
     rows reply_open saves for it, so it is what prompt_for_conversation reads back."""
-    rows = message_rows(chat_request.history, chat_request.message, model="")
+    rows = message_rows(chat_request.history, chat_request.message, "", timezone.now())
     system_prompt = system_prompt_for(chat_request, default_system_prompt)
-    return prompt_from(system_prompt, ((str(role), content) for role, content, _, _ in rows))
+    return prompt_from(system_prompt, ((str(row["role"]), row.get("content", "")) for row in rows))
 
 
 def reply_open_and_release(**kwargs: Any) -> OpenedReply:
@@ -425,7 +366,6 @@ reply_aopen = sync_to_async(reply_open_and_release)
 def message_finalize(
     *,
     message_id: int,
-    conversation_id: int,
     status: str,
     content: str,
     ttft_ms: int | None = None,
@@ -444,10 +384,8 @@ def message_finalize(
     Given a ``usage`` (and the ``user_id`` and ``model`` it is counted for), it is added to the
     user's usage of that model today, once, with the reply's save.
 
-    On PostgreSQL the reply, its conversation's last activity and the usage are saved in one
-    statement. Elsewhere the reply's conditional UPDATE is what counts and the conversation's
-    last activity and the usage follow in statements of their own, not a transaction: should
-    one fail, it is logged and only the activity time or the usage is stale.
+    The reply, its conversation's last activity and the usage are saved together (on the fast
+    path in one statement).
     """
     now = timezone.now()
     addition = None
@@ -467,23 +405,10 @@ def message_finalize(
         "attach_count": attach_count,
     }
     where = {"id": message_id, "status": Message.Status.STREAMING}
-    if connection.vendor == "postgresql":
-        updated = statements.update_with_parent(
-            Message, result, where, "conversation", {"updated_at": now}, addition=addition
-        )
-        return _finalised(updated, message_id, status)
-    if not _finalised(statements.update_rows(Message, result, where), message_id, status):
-        return False
-    try:
-        statements.update_rows(Conversation, {"updated_at": now}, {"id": conversation_id})
-    except DatabaseError:
-        logger.exception("reply %s saved, but not its conversation's last activity", message_id)
-    if addition is not None:
-        try:
-            statements.add_to_row(addition)
-        except DatabaseError:
-            logger.exception("reply %s saved, but not counted in its user's usage", message_id)
-    return True
+    updated = statements.update_with_parent(
+        Message, result, where, "conversation", {"updated_at": now}, addition=addition
+    )
+    return _finalised(updated, message_id, status)
 
 
 def usage_addition(user_id: int, model: str, day: date, usage: ReplyUsage) -> statements.Addition:
@@ -520,11 +445,10 @@ message_afinalize = sync_to_async(message_finalize_and_release, thread_sensitive
 cancels both), so the save runs on a shared worker thread, not on the request's own."""
 
 
-def message_close_abandoned(*, message_id: int, conversation_id: int) -> bool:
+def message_close_abandoned(*, message_id: int) -> bool:
     """Save a reply whose client left before it started as cancelled (outside any request)."""
     return message_finalize_and_release(
         message_id=message_id,
-        conversation_id=conversation_id,
         status=Message.Status.CANCELLED,
         content="",
     )

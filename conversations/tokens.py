@@ -1,4 +1,8 @@
-"""API tokens: create one (shown once), authenticate a bearer, revoke."""
+"""API tokens: create one (shown once), authenticate a bearer, revoke.
+
+The lookup every API request makes first: on the fast path (PostgreSQL) one hand-written query
+awaited on the event loop (``asyncdb``); otherwise the ORM in a thread.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from django.utils import timezone
 
 from . import asyncdb, statements
 from .models import ApiToken
+from .statements import postgresql as sql
 
 TOKEN_PREFIX = "cst_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -40,21 +45,37 @@ def api_token_create(*, owner: User, name: str = "") -> tuple[ApiToken, str]:
 def api_token_authenticate(raw: str) -> User | None:
     """The active owner of a live token, or None; last use is recorded at most once a minute.
 
-    One hand-written query, as the ORM's compilation of it cost more than the query itself.
+    Through the ORM, in a thread: with CHAT_FAST_PATH=0 and on databases other than PostgreSQL.
     """
     now = timezone.now()
-    stale_before = connection.ops.adapt_datetimefield_value(now - LAST_USED_RESOLUTION)
-    with connection.cursor() as cursor:
-        cursor.execute(_owner_sql(), [stale_before, token_digest(raw)])
-        row = cursor.fetchone()
-    owner, token_id, last_use_is_stale = _owner_from(row)
-    if owner is not None and last_use_is_stale:
-        statements.update_rows(ApiToken, {"last_used_at": now}, {"id": token_id})
-    return owner
+    token = (
+        ApiToken.objects.select_related("owner")
+        .filter(digest=token_digest(raw), revoked_at__isnull=True)
+        .first()
+    )
+    if token is None or not token.owner.is_active:
+        return None
+    if token.last_used_at is None or token.last_used_at < now - LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.owner
+
+
+def api_token_authenticate_and_release(raw: str) -> User | None:
+    """api_token_authenticate, then hand the request thread's connection back to the pool: the
+    request may go on to stream for minutes."""
+    try:
+        return api_token_authenticate(raw)
+    finally:
+        connection.close()
+
+
+_api_token_authenticate_in_thread = sync_to_async(api_token_authenticate_and_release)
 
 
 async def api_token_aauthenticate(raw: str) -> User | None:
-    """api_token_authenticate on the event loop where the database allows it."""
+    """api_token_authenticate, on the event loop where the fast path allows it (PostgreSQL):
+    one hand-written query on the async pool, as the ORM's compilation of it cost more than the
+    query itself, and last use recorded beside the request."""
     if not asyncdb.available():
         return await _api_token_authenticate_in_thread(raw)
     now = timezone.now()
@@ -83,9 +104,6 @@ async def api_token_aauthenticate(raw: str) -> User | None:
 _last_use_being_recorded: set[int] = set()
 
 
-_api_token_authenticate_in_thread = sync_to_async(api_token_authenticate)
-
-
 def _owner_from(row: Sequence[Any] | None) -> tuple[User | None, int | None, bool]:
     """The active owner in a row of _owner_sql, the token's id and whether its last use is stale."""
     if row is None:
@@ -107,8 +125,8 @@ def _user_fields() -> tuple[Field[Any, Any], ...]:
 
 @cache
 def _user_columns() -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
-    """The user's attribute names in _owner_sql's order, and the database's value converters
-    (SQLite returns booleans as 0/1 and datetimes as text) by position."""
+    """The user's attribute names in _owner_sql's order, and the value converters the ORM
+    would apply to each column (a field's ``from_db_value``, the backend's own), by position."""
     converters: list[tuple[int, Callable[[Any], Any]]] = []
     for index, field in enumerate(_user_fields()):
         column = field.cached_col
@@ -144,7 +162,7 @@ def _owner_sql() -> str:
 
 @cache
 def _last_used_sql() -> str:
-    return statements.update_sql(ApiToken, ("last_used_at",), ("id",))
+    return sql.update_sql(ApiToken, ("last_used_at",), ("id",))
 
 
 def api_tokens_revoke(*, tokens: QuerySet[ApiToken]) -> int:

@@ -99,6 +99,19 @@ class LiveServer:
         self._log.close()
 
 
+def pytest_report_header(config) -> str:
+    """Which database and which mode the run is on (``make test`` runs twice: the fast path,
+    then its STOCK_TESTS with CHAT_FAST_PATH=0)."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    mode = "the fast path" if settings.CHAT_FAST_PATH else "stock Django"
+    return (
+        f"chatsite: CHAT_FAST_PATH={int(settings.CHAT_FAST_PATH)} ({mode}), "
+        f"database {database['ENGINE'].rsplit('.', 1)[-1]} {database['NAME']}"
+    )
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """Redis, for what several server processes share; CI must have it."""
@@ -140,6 +153,7 @@ def own_upstream() -> Iterator[FakeUpstream]:
 @pytest.fixture(scope="session")
 def server_env(django_db_setup, django_db_blocker) -> dict[str, str]:
     """The environment of a production-like server process on the test database."""
+    from django.conf import settings
     from django.db import connection
 
     inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
@@ -157,6 +171,8 @@ def server_env(django_db_setup, django_db_blocker) -> dict[str, str]:
         # With Redis, a killed server's replies can be settled within a second.
         "CHAT_HEARTBEAT_SECONDS": "0.2",
         "PYTHONUNBUFFERED": "1",
+        # The run's mode: the fast path, or stock Django (make test's second run).
+        "CHAT_FAST_PATH": "1" if settings.CHAT_FAST_PATH else "0",
     }
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 from conversations.charts import nice_ceiling, stacked_bar_chart
 from conversations.dashboard import percentile, reply_dashboard
 from conversations.models import Conversation, Message
-from tests.helpers import session_client
+from tests.helpers import session_client, wait_for
 
 DASHBOARD = "/admin/conversations/message/dashboard/"
 
@@ -179,6 +179,9 @@ def test_non_staff_are_sent_to_the_admin_sign_in_and_staff_without_the_right_ref
         assert response.headers["location"] == f"/admin/login/?next={DASHBOARD}"
     assert refused.status_code == 403
     assert DASHBOARD not in index
+    # A refusal is the client's doing: one log line, no traceback.
+    refusal = wait_for(lambda: f"Forbidden (Permission denied): {DASHBOARD}" in server.log())
+    assert refusal and "Traceback" not in server.log()
 
 
 def test_the_dashboard_runs_a_fixed_number_of_queries(make_user, transactional_db):

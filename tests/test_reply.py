@@ -139,9 +139,8 @@ def test_a_reply_that_completes_is_saved_once_with_its_text_and_figures(saves):
     assert reply.finished == COMPLETE
     assert provider.asked == [(PROMPT, "scripted")]
     [final] = saves.finals
-    assert {key: final[key] for key in ("message_id", "conversation_id", "status", "content")} == {
+    assert {key: final[key] for key in ("message_id", "status", "content")} == {
         "message_id": 3,
-        "conversation_id": 2,
         "status": "complete",
         "content": "Hello",
     }

@@ -2,6 +2,7 @@
 
 ``start`` creates the future ``bind`` and ``adiscard`` settle and the loop readers wait on;
 ``rows`` are there only once bound. In-process: nothing here reaches a server or a database.
+(``bind`` and ``adiscard`` before ``start`` are tests/test_reply.py's.)
 """
 
 from __future__ import annotations
@@ -17,17 +18,6 @@ from tests.loops import run_in_new_loop
 
 def new_reply() -> Reply:
     return Reply(provider=DemoProvider(tokens_per_second=0), keepalive_seconds=0, max_seconds=5)
-
-
-def test_bind_before_start_says_start_comes_first():
-    reply = new_reply()
-    with pytest.raises(RuntimeError, match=r"start\(\) must be called before bind\(\)"):
-        reply.bind(owner_id=1, conversation_id=2, message_id=3)
-
-
-def test_discard_before_start_says_start_comes_first():
-    with pytest.raises(RuntimeError, match=r"start\(\) must be called before bind\(\) or adisc"):
-        run_in_new_loop(new_reply().adiscard())
 
 
 def test_waiting_on_a_reply_never_started_says_start_comes_first():

@@ -13,9 +13,9 @@ from django.conf import settings
 from django.db.models import F
 from django.test import Client as DjangoClient
 
-from conversations import usage
+from conversations import statements, usage
 from conversations.models import Conversation, Message, UsageDay, UserQuota
-from conversations.services import message_finalize, messages_insert
+from conversations.services import message_finalize, message_rows
 from conversations.tokens import api_token_create
 from conversations.usage import ReplyUsage, quota_acheck
 from tests.helpers import count_queries, session_client
@@ -118,11 +118,13 @@ def test_usage_the_upstream_does_not_report_is_estimated_and_marked(
 def test_a_reply_saved_twice_is_counted_once(user, transactional_db):
     """The usage is added in the statement that closes the reply, only if it closed it."""
     conversation = Conversation.objects.create(owner=user, model="m")
-    rows = [("user", "hi", "complete", ""), ("assistant", "", "streaming", "m")]
-    *_, assistant = messages_insert(conversation, rows, now=datetime.now(UTC), parent_id=None)
+    rows = message_rows([], "hi", "m", datetime.now(UTC))
+    *_, assistant = statements.insert_chain(
+        Message, [{"conversation": conversation, **row} for row in rows], chain="parent", first=None
+    )
     counted = ReplyUsage(prompt_tokens=10, completion_tokens=4)
     save = {
-        "message_id": assistant.pk, "conversation_id": conversation.pk, "status": "complete",
+        "message_id": assistant.pk, "status": "complete",
         "content": "ok", "user_id": user.pk, "model": "m", "usage": counted,
     }  # fmt: skip
 

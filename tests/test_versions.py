@@ -288,28 +288,25 @@ def test_the_admin_transcript_shows_every_branch_with_its_versions(
 def test_insert_chain_links_each_row_to_the_one_before_in_one_statement(
     transactional_db, make_user, django_assert_num_queries
 ):
-    from django.db import connection
-    from django.utils import timezone
-
     from conversations import statements
-    from conversations.services import MESSAGE_COLUMNS
 
     conversation = Conversation.objects.create(owner=make_user("carol"))
-    names = MESSAGE_COLUMNS
-    now = timezone.now()
+    [root] = statements.insert_rows(
+        Message, [{"conversation": conversation, "role": "user", "content": "root"}]
+    )
+    rows = [
+        {"conversation": conversation, "role": "user", "content": "a"},
+        {"conversation": conversation, "role": "assistant", "content": "b"},
+    ]
 
-    def row(role: str, text: str) -> tuple:
-        return (conversation.pk, role, text, "complete", "", now, "", "", "")
+    # One statement on the fast path (the keys are drawn inside it); a transaction with the ORM.
+    fast = statements.implementation().__name__.endswith("postgresql")
+    with django_assert_num_queries(1 if fast else 4):
+        saved = statements.insert_chain(Message, rows, chain="parent", first=root.pk)
 
-    [root] = statements.insert_rows(Message, names, [row("user", "root")])
-    rows = [row("user", "a"), row("assistant", "b")]
-
-    # One statement on PostgreSQL (the keys are drawn inside it); a transaction elsewhere.
-    queries = 1 if connection.vendor == "postgresql" else 4
-    with django_assert_num_queries(queries):
-        keys = statements.insert_chain(Message, names, rows, chain="parent", first=root)
-
-    saved = list(Message.objects.filter(pk__in=keys).order_by("pk"))
-    assert [m.pk for m in saved] == keys == sorted(keys)
-    assert [(m.content, m.parent_id) for m in saved] == [("a", root), ("b", keys[0])]
-    assert all(m.attach_count == 0 for m in saved)  # a field left out gets its default
+    keys = [message.pk for message in saved]
+    assert keys == sorted(keys)
+    assert [(m.content, m.parent_id) for m in saved] == [("a", root.pk), ("b", keys[0])]
+    stored = list(Message.objects.filter(pk__in=keys).order_by("pk"))
+    assert [(m.content, m.parent_id) for m in stored] == [("a", root.pk), ("b", keys[0])]
+    assert all(m.attach_count == 0 and m.status == "complete" for m in stored)  # defaults

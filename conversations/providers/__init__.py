@@ -23,6 +23,7 @@ def get_provider() -> ChatProvider:
             model=settings.CHAT_MODEL,
             timeout=settings.OPENAI_TIMEOUT_SECONDS,
             max_retries=settings.OPENAI_MAX_RETRIES,
+            fast_transport=settings.CHAT_FAST_PATH,
         )
     from .demo import DemoProvider
 

@@ -36,10 +36,12 @@ class NoCookies(httpx.Cookies):
 
 
 class UpstreamHttpClient(openai.DefaultAsyncHttpxClient):
-    """The SDK's HTTP client (its defaults) on an aiohttp transport, without a cookie jar.
+    """The SDK's HTTP client (its defaults) on an aiohttp transport, without a cookie jar: the
+    fast path's (CHAT_FAST_PATH=1).
 
     One client serves every user's requests, so a cookie the upstream set for one must not go
-    out with the next; nor is each response's Set-Cookie worth reading.
+    out with the next; nor is each response's Set-Cookie worth reading. httpx has no public way
+    to go without a jar, so its private ``_cookies`` is replaced (docs/internals.md).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -47,6 +49,18 @@ class UpstreamHttpClient(openai.DefaultAsyncHttpxClient):
         # own transports for them).
         super().__init__(transport=AiohttpTransport(), trust_env=False, **kwargs)
         self._cookies = NoCookies()
+
+
+class StockUpstreamHttpClient(openai.DefaultAsyncHttpxClient):
+    """The SDK's default HTTP client, httpx's own transport and all (CHAT_FAST_PATH=0), which
+    forgets each cookie as soon as a response sets it, through httpx's public response hook:
+    no request goes out with one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(event_hooks={"response": [self.forget_cookies]}, **kwargs)
+
+    async def forget_cookies(self, response: httpx.Response) -> None:
+        self.cookies.clear()
 
 
 class OpenAICompatibleProvider(ChatProvider):
@@ -58,14 +72,18 @@ class OpenAICompatibleProvider(ChatProvider):
         base_url: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 2,
+        fast_transport: bool = True,
     ) -> None:
+        """``fast_transport``: the SDK's requests go over aiohttp (``UpstreamHttpClient``),
+        else over httpx's own transport (``StockUpstreamHttpClient``)."""
         self.model = model
+        self.http_client = UpstreamHttpClient() if fast_transport else StockUpstreamHttpClient()
         self.client = AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             max_retries=max_retries,
-            http_client=UpstreamHttpClient(),
+            http_client=self.http_client,
         )
 
     async def stream(

@@ -318,7 +318,6 @@ class Reply:
     ) -> None:
         await message_afinalize(
             message_id=self.message_id,
-            conversation_id=self.conversation_id,
             status=finished.status,
             content="".join(parts),
             ttft_ms=_ms(first_token_at - started) if first_token_at is not None else None,

@@ -180,9 +180,7 @@ def _cancel_abandoned_reply(opening: asyncio.Future[OpenedReply]) -> None:
         logger.warning("a reply's rows could not be saved", exc_info=opening.exception())
         return
     opened = opening.result()
-    save = message_aclose_abandoned(
-        message_id=opened.assistant_message.pk, conversation_id=opened.conversation.pk
-    )
+    save = message_aclose_abandoned(message_id=opened.assistant_message.pk)
     # A fresh context: nothing of the request's, which has ended, is carried into the save.
     task = asyncio.get_running_loop().create_task(save, context=contextvars.Context())
     ABANDONED.add(task)
