@@ -275,6 +275,24 @@ def test_model_meta_and_state_have_what_the_sql_statements_build_from():
     assert connection.ops.quote_name("x") in ('"x"', "`x`", "[x]")
 
 
+def test_an_offline_connection_object_quotes_and_adapts_without_connecting():
+    wrapper = postgresql.adapter()
+    assert wrapper is not connection, "create_connection gave back the context's connection"
+    assert wrapper.connection is None
+    field = Message._meta.get_field("content")
+    assert wrapper.ops.quote_name("x") == connection.ops.quote_name("x")
+    assert field.get_db_prep_save("text", wrapper) == "text"
+    assert wrapper.connection is None, "adapting a value opened a connection"
+
+
+def test_a_fields_cast_db_type_names_its_column_type():
+    for name in ("created_at", "finished_at", "content", "parent"):
+        field = Message._meta.get_field(name)
+        assert callable(getattr(field, "cast_db_type", None)), "Field.cast_db_type is gone"
+        cast = field.cast_db_type(connection)
+        assert isinstance(cast, str) and cast, f"no column type for Message.{name}"
+
+
 # conversations/tokens.py ---------------------------------------------------------------------
 
 
