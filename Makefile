@@ -83,6 +83,7 @@ migrations-check: install
 STOCK_TESTS := tests/test_stream_contract.py tests/test_stream_persistence.py \
 	tests/test_limits.py tests/test_api.py tests/test_callers.py \
 	tests/test_upstream_connection.py tests/test_request_bodies.py tests/test_stock_mode.py \
+	tests/test_versions.py tests/test_usage.py \
 	tests/test_deploy_checks.py::test_forwarded_proto_counts_only_from_a_trusted_proxy \
 	tests/test_serving.py::test_a_stopping_worker_lets_short_replies_finish_and_saves_the_rest_interrupted
 

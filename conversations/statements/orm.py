@@ -96,17 +96,19 @@ def update_with_parent(
 def add_to_row(addition: Addition) -> None:
     """Add the amounts to the row, or insert it with them if there is none."""
     manager = addition.model._default_manager
+    # The keys may give a related row by its key (``user``: an id), as filters take them.
+    keys = {attname(addition.model, name): value for name, value in addition.keys.items()}
     increments = {name: F(name) + amount for name, amount in addition.amounts.items()}
     with transaction.atomic():
-        if manager.filter(**addition.keys).update(**increments):
+        if manager.filter(**keys).update(**increments):
             return
         try:
             with transaction.atomic():
-                manager.create(**addition.keys, **addition.amounts)
+                manager.create(**keys, **addition.amounts)
                 return
         except IntegrityError:
             pass  # another transaction inserted it meanwhile: add to theirs
-        manager.filter(**addition.keys).update(**increments)
+        manager.filter(**keys).update(**increments)
 
 
 def link_to(child: type[Model], parent: type[Model]) -> Field[Any, Any]:
