@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Field, Model
+from django.db.models import Model
 
 from . import orm, postgresql
-from .orm import Addition
+from .orm import Addition, concrete_field
 
 __all__ = [
     "Addition",
@@ -45,15 +45,6 @@ M = TypeVar("M", bound=Model)
 P = TypeVar("P", bound=Model)
 
 Row = Mapping[str, Any]
-
-
-def concrete_field(model: type[Model], name: str) -> Field[Any, Any]:
-    """The field ``name`` of ``model`` that has a column (``get_field`` also finds the reverse
-    side of a relation, which has none)."""
-    field = model._meta.get_field(name)
-    if not isinstance(field, Field):
-        raise TypeError(f"{model.__name__}.{name} has no column")
-    return field
 
 
 @cache

@@ -57,6 +57,15 @@ def insert_chain(
     return saved
 
 
+def concrete_field(model: type[Model], name: str) -> Field[Any, Any]:
+    """The field ``name`` of ``model`` that has a column (``get_field`` also finds the reverse
+    side of a relation, which has none)."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field):
+        raise TypeError(f"{model.__name__}.{name} has no column")
+    return field
+
+
 def attname(model: type[Model], name: str) -> str:
     """The attribute holding a foreign key's value (``parent_id`` for ``parent``)."""
     field = model._meta.get_field(name)

@@ -240,7 +240,7 @@ def insert_chain_sql(model: type[Model], rows: int, chain: str, parent: type[Mod
     With ``parent``, its row is inserted first (the parameters start with its values) and
     each row points to it through its link."""
     pk = quote(model._meta.pk.column)
-    chain_column = quote(statements_field(model, chain).column)
+    chain_column = quote(orm.concrete_field(model, chain).column)
     link = orm.link_to(model, parent) if parent is not None else None
     fields = insert_fields(model, without=link.name if link else None, chained=chain)
     aliases = ", ".join(f"v{index}" for index in range(len(fields)))
@@ -299,15 +299,7 @@ def insert_with_children_sql(parent: type[Model], child: type[Model], rows: int)
 
 @cache
 def fields_named(model: type[Model], names: tuple[str, ...]) -> tuple[Field, ...]:
-    return tuple(statements_field(model, name) for name in names)
-
-
-def statements_field(model: type[Model], name: str) -> Field[Any, Any]:
-    """The field ``name`` of ``model`` that has a column."""
-    field = model._meta.get_field(name)
-    if not isinstance(field, Field):
-        raise TypeError(f"{model.__name__}.{name} has no column")
-    return field
+    return tuple(orm.concrete_field(model, name) for name in names)
 
 
 def prepared(model: type[Model], values: Mapping[str, Any]) -> list:
@@ -378,7 +370,7 @@ def update_with_parent_sql(
     parent_names: tuple[str, ...],
     added: tuple[type[Model], tuple[str, ...], tuple[str, ...]] | None = None,
 ) -> str:
-    field = statements_field(model, link)
+    field = orm.concrete_field(model, link)
     parent = related_model(model, link)
     assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields_named(parent, parent_names))
     addition = ""
