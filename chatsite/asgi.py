@@ -7,13 +7,16 @@ Both serve lifespan (the replies running at shutdown are saved), refuse a body o
 CHAT_MAX_BODY_BYTES with 413 before it is read, and run what a request left for its end.
 """
 
+import asyncio
 import gc
+import io
 import logging
 import os
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import IO, Any, ParamSpec, TypeVar
+from contextlib import aclosing
+from typing import IO, Any, ParamSpec, TypeVar, cast
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -23,8 +26,8 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.db import close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.http import HttpResponse, JsonResponse
-from django.http.response import HttpResponseBase
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase, ResponseHeaders
 from django.urls import get_resolver
 
 from chatsite.lifecycle import CURRENT, Handling, arun_shutdown
@@ -65,31 +68,53 @@ class RequestThreads:
 
 class RequestThread(Executor):
     """Where one request's thread-sensitive calls run: one thread at a time, taken from
-    ``RequestThreads`` at the request's first such call (not before: a request that makes
-    none takes none) and given back when the request ends, or earlier by ``release``.
+    ``RequestThreads`` at a call and given back as soon as the request holds nothing tied to
+    it: after each call that leaves no database connection open on it (the ORM's work here
+    hands its connections back to the pool), or else when its streaming body starts or the
+    request ends. Between two calls a request waiting on the loop (Redis, the upstream, a
+    client) holds no thread, so a worker taking many requests at once runs their setups on
+    a few threads instead of one each.
 
     asgiref asks of an executor given to ThreadSensitiveContext that it run one call at a time
-    on one thread; this one does, and changes thread only when released between calls, which
-    the handler does only when the request holds nothing tied to its thread (see
-    ``ChatASGIHandler.send_response``)."""
+    on one thread; this one does, and changes thread only between calls, when nothing tied to
+    the thread (a database connection, a transaction) is left on it."""
 
-    __slots__ = ("_threads", "_executor", "_calls")
+    __slots__ = ("_threads", "_executor", "_calls", "_clean", "_loop")
 
     def __init__(self, threads: RequestThreads) -> None:
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._calls = 0
+        self._clean = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         if self._executor is None:
             self._executor = self._threads.take()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         self._calls += 1
-        future = self._executor.submit(fn, *args, **kwargs)
-        future.add_done_callback(self._call_done)
+        future = self._executor.submit(self._run, fn, *args, **kwargs)
+        # Added before asyncio's own callback (run_in_executor wraps the future after this
+        # returns), so ``_call_done`` runs on the loop before the caller resumes.
+        future.add_done_callback(self._report)
         return future
 
-    def _call_done(self, future: Future[Any]) -> None:
+    def _run(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._clean = not holds_a_connection()
+
+    def _report(self, future: Future[Any]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._call_done)
+
+    def _call_done(self) -> None:
         self._calls -= 1
+        if self._clean:
+            self.release()
 
     @property
     def holds_a_thread(self) -> bool:
@@ -106,6 +131,14 @@ class RequestThread(Executor):
         if self._executor is not None:
             self._threads.give_back(self._executor)
             self._executor = None
+
+
+def holds_a_connection() -> bool:
+    """Whether this thread has a database connection open (or a transaction begun)."""
+    return any(
+        c.connection is not None or c.in_atomic_block
+        for c in connections.all(initialized_only=True)
+    )
 
 
 class ChatASGIHandler(ASGIHandler):
@@ -163,11 +196,22 @@ class ChatASGIHandler(ASGIHandler):
 
     async def read_body(self, receive: Receive) -> IO[bytes]:
         """Django's read_body, refusing a body (chunked, or longer than it said) as soon as it
-        passes CHAT_MAX_BODY_BYTES, before more of it is read or stored."""
+        passes CHAT_MAX_BODY_BYTES, before more of it is read or stored. A body that fits in
+        one message (every body this site takes) is kept in a plain in-memory file, as
+        Django's spooled file would keep it, without the spooled file's wrapper."""
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted()
+        first = message.get("body", b"")
+        if len(first) > self.max_body_bytes:
+            raise BodyTooLarge()
+        if not message.get("more_body", False):
+            return remember_body(io.BytesIO(first))
         body_file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - returned open, as Django does
             max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b"
         )
-        received = 0
+        body_file.write(first)
+        received = len(first)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -182,22 +226,46 @@ class ChatASGIHandler(ASGIHandler):
             if not message.get("more_body", False):
                 break
         body_file.seek(0)
-        return body_file
+        return remember_body(body_file)
 
     async def send_response(self, response: HttpResponseBase, send: Send) -> None:
-        """Django's send_response; before a streaming body, the request's database connections
-        go back to the pool and its thread to the others. Not while a transaction is open, nor
-        while a call still runs on the thread; a later call (the response's close at the end)
-        takes a thread again."""
+        """Django's send_response; a streaming response is sent here, with the same messages
+        (``tests/test_asgi.py`` compares them), holding less while it streams:
+
+        - before its head, the request's database connections go back to the pool and its
+          thread to the others (not while a transaction is open, nor while a call still runs
+          on the thread; a later call, the response's close at the end, takes a thread again);
+        - after its head, the encoded head, the response's headers and the request's objects
+          are let go (a streaming body here never reads its request: its view took what it
+          needed), and the request body's buffer is closed. The request keeps only what its
+          ``close`` at the end uses."""
         handling = CURRENT.get(None)
-        thread = handling.thread if handling is not None else None
-        if response.streaming and thread is not None and thread.holds_a_thread:
+        if not isinstance(response, StreamingHttpResponse) or handling is None:
+            await super().send_response(response, send)
+            return
+        thread = handling.thread
+        if thread is not None and thread.holds_a_thread:
             opened = [c for c in connections.all(initialized_only=True) if c.connection is not None]
             if not any(c.in_atomic_block for c in opened):
                 if opened:
                     await sync_to_async(close_connections)(opened)
                 thread.release()
-        await super().send_response(response, send)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": encoded_head(response),
+            }
+        )
+        forget_head(response)
+        handling.let_go_of_requests()
+        # StreamingHttpResponse.__aiter__ is an async generator (typed as an iterator).
+        parts = cast(AsyncGenerator[bytes, None], aiter(response))
+        async with aclosing(parts) as content:
+            async for part in content:
+                for chunk, _ in self.chunk_bytes(part):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body"})
 
     def create_request(
         self, scope: Mapping[str, Any], body_file: IO[bytes]
@@ -307,6 +375,33 @@ def close_connections(opened: list[BaseDatabaseWrapper]) -> None:
     """Close the request's database connections, on the thread that opened them."""
     for connection in opened:
         connection.close()
+
+
+def encoded_head(response: HttpResponseBase) -> list[tuple[bytes, bytes]]:
+    """The response's header fields and cookies as Django's send_response encodes them."""
+    head = []
+    for name, value in response.items():
+        encoded_name = name.encode("ascii") if isinstance(name, str) else name
+        encoded_value = value.encode("latin1") if isinstance(value, str) else value
+        head.append((bytes(encoded_name), bytes(encoded_value)))
+    for cookie in response.cookies.values():
+        head.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+    return head
+
+
+def forget_head(response: HttpResponseBase) -> None:
+    """Drop a sent response's header fields and cookies: a new, empty ``headers`` mapping
+    (deleting each field would leave the old one's table allocated)."""
+    response.headers = ResponseHeaders({})
+    response.cookies.clear()
+
+
+def remember_body(body_file: IO[bytes]) -> IO[bytes]:
+    """Note the request's body file, closed (its buffer freed) once a streaming body starts."""
+    handling = CURRENT.get(None)
+    if handling is not None:
+        handling.body_files.append(body_file)
+    return body_file
 
 
 class BodyTooLarge(Exception):

@@ -14,7 +14,7 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -29,12 +29,26 @@ AfterRequest = Callable[[], Awaitable[None]]
 @dataclass
 class Handling:
     """One request being handled: on the fast path its thread for thread-sensitive work (a
-    ``chatsite.asgi.RequestThread``) and the request objects created; in both modes the work
-    left for its end."""
+    ``chatsite.asgi.RequestThread``), the request objects created and their body files; in
+    both modes the work left for its end."""
 
     thread: RequestThread | None = None
     requests: list[HttpRequest] = field(default_factory=list)
+    body_files: list[IO[bytes]] = field(default_factory=list)
     after: list[AfterRequest] = field(default_factory=list)
+
+    def let_go_of_requests(self) -> None:
+        """Once a streaming response's head is sent: empty the request objects but for what
+        their ``close`` uses (ASGIRequest's ``_stream``), and close the body files, freeing
+        their buffers (Django closes them again at the end, which does nothing)."""
+        for body_file in self.body_files:
+            body_file.close()
+        for request in self.requests:
+            kept = request.__dict__.get("_stream")
+            request.__dict__.clear()
+            if kept is not None:
+                request.__dict__["_stream"] = kept
+        self.body_files = []
 
     async def arun_after(self) -> None:
         """Run the work left for the end (once: the tasks a request started keep its context,

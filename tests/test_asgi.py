@@ -1,5 +1,6 @@
-"""The ASGI handler: each request's thread is reused, and each request is freed when it ends
-instead of being left to the garbage collector.
+"""The ASGI handler: each request's thread is reused and handed back between calls, a
+streaming response lets go of its request and head while it streams, and each request is freed
+when it ends instead of being left to the garbage collector.
 
 Run in-process, as Django's own ASGI tests do: the server process's garbage is not visible
 from here. The collector is off while the request runs, so whatever a reference cycle keeps
@@ -251,6 +252,120 @@ def test_streams_that_are_open_at_once_hold_no_thread_while_they_stream(user, re
     assert len(request_threads) == 3
     assert len(set(request_threads)) == 1
     assert application.threads.lent == 0
+
+
+def test_a_request_waiting_between_its_thread_sensitive_calls_holds_no_thread(transactional_db):
+    """A call that leaves no database connection open hands the thread straight back, so a
+    request waiting on the loop (Redis, the upstream) holds none; one that leaves a connection
+    open keeps its thread until the connection is closed (it belongs to that thread)."""
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
+    from django.db import connections
+
+    from chatsite.asgi import RequestThread, RequestThreads
+
+    threads = RequestThreads()
+    thread = RequestThread(threads)
+    seen: list[tuple[str, bool, int]] = []
+
+    def note(step: str) -> None:
+        seen.append((step, thread.holds_a_thread, threads.lent))
+
+    async def calls() -> None:
+        async with ThreadSensitiveContext(executor=thread):
+            await sync_to_async(lambda: None)()
+            note("after a call that opened nothing")
+            await sync_to_async(lambda: connections["default"].ensure_connection())()
+            note("after a call that opened a connection")
+            await sync_to_async(lambda: None)()
+            note("after another call, the connection still open")
+            await sync_to_async(lambda: connections["default"].close())()
+            note("after the connection was closed")
+        thread.give_back()
+
+    run_in_new_loop(calls())
+
+    assert seen == [
+        ("after a call that opened nothing", False, 0),
+        ("after a call that opened a connection", True, 1),
+        ("after another call, the connection still open", True, 1),
+        ("after the connection was closed", False, 0),
+    ]
+
+
+def test_a_streaming_response_is_sent_as_djangos_own_send_response_sends_it():
+    """The handler sends a streaming response itself (to let go of what it no longer needs
+    while it streams): the ASGI messages are exactly Django's, head, cookies and chunks."""
+    from django.core.handlers.asgi import ASGIHandler
+    from django.http import StreamingHttpResponse
+
+    from chatsite.lifecycle import CURRENT, Handling
+
+    async def parts():
+        yield b"data: one\n\n"
+        yield b""
+        yield b"x" * (application.chunk_size * 2 + 5)
+        yield b"data: last\n\n"
+
+    def response() -> StreamingHttpResponse:
+        made = StreamingHttpResponse(parts(), content_type="text/event-stream", status=201)
+        made["X-Message-Id"] = "42"
+        made["Cache-Control"] = "no-cache"
+        made.set_cookie("seen", "yes", httponly=True)
+        return made
+
+    async def sent_by(send_response) -> list:
+        messages: list = []
+
+        async def send(message) -> None:
+            messages.append(message)
+
+        reset = CURRENT.set(Handling())
+        try:
+            await send_response(response(), send)
+        finally:
+            CURRENT.reset(reset)
+        return messages
+
+    djangos = run_in_new_loop(sent_by(lambda r, s: ASGIHandler.send_response(application, r, s)))
+    ours = run_in_new_loop(sent_by(application.send_response))
+
+    assert ours == djangos
+    assert [m["type"] for m in ours].count("http.response.body") == 7
+
+
+def test_once_a_streams_head_is_sent_its_request_and_response_headers_are_let_go(user):
+    """While the reply streams, the request keeps only what its ``close`` needs (its body
+    file, closed) and the response no header fields: each open stream holds less."""
+    _, token = api_token_create(owner=user)
+    seen: dict = {}
+
+    def first_token() -> None:
+        from conversations.sse import EventStreamResponse
+
+        requests = [o for o in gc.get_objects() if isinstance(o, ASGIRequest)]
+        responses = [o for o in gc.get_objects() if isinstance(o, EventStreamResponse)]
+        seen["request keys"] = [sorted(vars(request)) for request in requests]
+        seen["body closed"] = [request._stream.closed for request in requests]
+        seen["response headers"] = [len(response.headers) for response in responses]
+
+    sent = run_in_new_loop(
+        exchange(
+            "/api/chat/stream",
+            {"message": "hello"},
+            token,
+            leave_after_first_token=False,
+            on_first_token=first_token,
+        )
+    )
+
+    assert sent[0]["status"] == 200
+    assert (b"Content-Type", b"text/event-stream") in sent[0]["headers"]
+    assert seen == {
+        "request keys": [["_stream"]],
+        "body closed": [True],
+        "response headers": [0],
+    }
+    assert Message.objects.get(role="assistant").status == Message.Status.COMPLETE
 
 
 async def two_streams(token: str) -> list:

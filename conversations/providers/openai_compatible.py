@@ -102,6 +102,8 @@ class OpenAICompatibleProvider(ChatProvider):
             response = await self.client.post(
                 "/chat/completions", cast_to=httpx.Response, body=body, stream=True
             )
+            # Sent: the prompt is not held while the reply streams.
+            del body, messages
             try:
                 reader = EventDataReader()
                 received_chunks = response.aiter_bytes()

@@ -80,6 +80,44 @@ def too_long(max_chars: int) -> Finished:
 
 
 class Reply:
+    # A worker holds one per open stream: slots keep each to its fields (no __dict__).
+    __slots__ = (
+        "provider",
+        "model",
+        "owner_id",
+        "conversation_id",
+        "message_id",
+        "keepalive_seconds",
+        "max_seconds",
+        "checkpoint_seconds",
+        "max_chars",
+        "detach_grace_seconds",
+        "finished",
+        "attached",
+        "detached_ever",
+        "mirrored",
+        "attaches",
+        "_parts",
+        "_text",
+        "_ends",
+        "_waiters",
+        "_on_end",
+        "_checkpointed",
+        "_checkpoint",
+        "_checkpointing",
+        "_task",
+        "_deadline",
+        "_keepalive",
+        "_grace",
+        "_cancel_retry",
+        "_last_news",
+        "_stop_reason",
+        "_finalising",
+        "_saved",
+        "_loop",
+        "_prompt_chars",
+    )
+
     def __init__(
         self,
         *,
@@ -236,8 +274,11 @@ class Reply:
         room = self.max_chars
         outcome = StreamOutcome()
         finished = COMPLETE
+        produced = self.provider.stream(prompt, outcome, model=model)
+        # The provider holds the prompt until it is sent, and then lets it go; so does this.
+        prompt = ()
         try:
-            async with aclosing(self.provider.stream(prompt, outcome, model=model)) as deltas:
+            async with aclosing(produced) as deltas:
                 async for delta in deltas:
                     if first_token_at is None:
                         first_token_at = loop.time()
