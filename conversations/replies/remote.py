@@ -12,6 +12,10 @@ the reply (the detach grace counts clients in every process); when none is left,
 A reply that a client left before its end is copied whole when it ends (one entry), so a
 client that resumes it through another process gets it frame for frame while the stream is
 kept (CHAT_REPLY_RETENTION_SECONDS).
+
+Round trips are per process, not per reader or per token: the mirrors' entries of one event
+loop round go out in one pipeline (``EntriesBatch``), and a process reads every reply it
+relays from elsewhere with one blocking ``XREAD`` (``FramesHub``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from ..redis_client import key_prefix, redis_client
 from ..services import messages_mark_interrupted
@@ -124,13 +129,73 @@ async def _mirror(reply: Reply) -> None:
 async def _copy(reply: Reply, position: int) -> int:
     tokens = reply.tokens_from(position)
     if tokens:
-        await redis_client().xadd(
-            frames_key(reply.rows[1]),
-            {"from": position, "t": json.dumps(tokens, ensure_ascii=False)},
-            maxlen=MAX_ENTRIES,
-            approximate=True,
-        )
+        fields: dict[FieldT, EncodableT] = {
+            "from": position,
+            "t": json.dumps(tokens, ensure_ascii=False),
+        }
+        await entries_batch().xadd(frames_key(reply.rows[1]), fields)
     return position + len(tokens)
+
+
+Queued = tuple[str, dict[FieldT, EncodableT], asyncio.Future[None]]
+"""A stream, an entry's fields, and the future told when the entry was written."""
+
+
+class EntriesBatch:
+    """The mirrors' writes, sent together: every entry added while the event loop runs one
+    round goes out in one pipeline at the start of the next. Replies read elsewhere whose
+    tokens arrive together (an upstream tick, a busy loop) cost one round trip, not one each.
+    """
+
+    def __init__(self) -> None:
+        self._queued: list[Queued] = []
+
+    async def xadd(self, stream: str, fields: dict[FieldT, EncodableT]) -> None:
+        """Add the entry to ``stream`` (capped at MAX_ENTRIES); raises what Redis raised."""
+        loop = asyncio.get_running_loop()
+        written = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._send_queued)
+        self._queued.append((stream, fields, written))
+        await written
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        task = asyncio.get_running_loop().create_task(
+            self._send(queued), name="mirror-entries", context=contextvars.Context()
+        )
+        _sending.add(task)
+        task.add_done_callback(_sending.discard)
+
+    async def _send(self, queued: list[Queued]) -> None:
+        try:
+            async with redis_client().pipeline(transaction=False) as pipe:
+                for stream, fields, _ in queued:
+                    pipe.xadd(stream, fields, maxlen=MAX_ENTRIES, approximate=True)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            for _, _, written in queued:
+                if not written.done():
+                    written.set_exception(exc)
+        else:
+            for _, _, written in queued:
+                if not written.done():
+                    written.set_result(None)
+
+
+_batches: dict[asyncio.AbstractEventLoop, EntriesBatch] = {}
+_sending: set[asyncio.Task[None]] = set()
+
+
+def entries_batch() -> EntriesBatch:
+    """This event loop's batch (one per loop: the tests run several)."""
+    loop = asyncio.get_running_loop()
+    batch = _batches.get(loop)
+    if batch is None:
+        for stale in [other for other in _batches if other.is_closed()]:
+            del _batches[stale]
+        batch = _batches[loop] = EntriesBatch()
+    return batch
 
 
 async def _copy_end(reply: Reply) -> None:
@@ -193,6 +258,153 @@ async def kept_token_count(message_id: int) -> int | None:
     return None
 
 
+class FramesHub:
+    """One blocking ``XREAD`` for every reply this process reads from elsewhere, instead of
+    one per reader: with 50 readers of replies paced at 50 tokens a second, 2,500 reads a
+    second became a few hundred, each returning what every reader has waiting. A reader
+    (``subscribe``) says from which entry it reads; the hub delivers each entry past it. A new
+    reader wakes the hub's pending read (an entry in the hub's own wake stream), so it is in
+    the next read at once."""
+
+    def __init__(self) -> None:
+        self.readers: dict[str, set[HubReader]] = {}
+        self.wake_key = f"{key_prefix()}:frames-hub:{uuid.uuid4().hex}"
+        self._wake_last = "0-0"
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, stream: str, last_entry: str) -> HubReader:
+        reader = HubReader(self, stream, last_entry)
+        self.readers.setdefault(stream, set()).add(reader)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._read(), name="frames-hub", context=contextvars.Context()
+            )
+        else:
+            self._wake()
+        return reader
+
+    def unsubscribe(self, reader: HubReader) -> None:
+        readers = self.readers.get(reader.stream)
+        if readers is not None:
+            readers.discard(reader)
+            if not readers:
+                del self.readers[reader.stream]
+
+    def _wake(self) -> None:
+        """Cut the pending read short (fire and forget: a wake that fails costs at most one
+        ``READ_BLOCK_MS``)."""
+
+        async def wake() -> None:
+            with contextlib.suppress(RedisError, OSError):
+                async with redis_client().pipeline(transaction=False) as pipe:
+                    pipe.xadd(self.wake_key, {"w": 1}, maxlen=10, approximate=False)
+                    pipe.expire(self.wake_key, 60)
+                    await pipe.execute()
+
+        task = asyncio.get_running_loop().create_task(wake(), context=contextvars.Context())
+        _pending_wakes.add(task)
+        task.add_done_callback(_pending_wakes.discard)
+
+    async def _read(self) -> None:
+        client = redis_client()
+        try:
+            while self.readers:
+                streams: dict[KeyT, StreamIdT] = {self.wake_key: self._wake_last}
+                for stream, readers in self.readers.items():
+                    streams[stream] = min((r.last_entry for r in readers), key=entry_order)
+                result = await client.xread(streams, count=500, block=READ_BLOCK_MS)
+                for key, entries in result or ():
+                    stream = key.decode()
+                    if stream == self.wake_key:
+                        self._wake_last = entries[-1][0].decode()
+                        continue
+                    for reader in list(self.readers.get(stream, ())):
+                        reader.deliver(entries)
+                for readers in list(self.readers.values()):
+                    for reader in readers:
+                        reader.tick()
+        except (RedisError, OSError) as exc:
+            for readers in list(self.readers.values()):
+                for reader in readers:
+                    reader.fail(exc)
+            self.readers.clear()
+
+
+_hubs: dict[asyncio.AbstractEventLoop, FramesHub] = {}
+_pending_wakes: set[asyncio.Task[None]] = set()
+
+
+def frames_hub() -> FramesHub:
+    """This event loop's hub (one per loop: the tests run several)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        for stale in [other for other in _hubs if other.is_closed()]:
+            del _hubs[stale]
+        hub = _hubs[loop] = FramesHub()
+    return hub
+
+
+def entry_order(entry: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+class HubReader:
+    """One reader's share of the hub: the entries past ``last_entry``, as ``XREAD`` would
+    return them for its stream alone."""
+
+    __slots__ = ("hub", "stream", "last_entry", "_entries", "_waiter", "_error")
+
+    def __init__(self, hub: FramesHub, stream: str, last_entry: str) -> None:
+        self.hub = hub
+        self.stream = stream
+        self.last_entry = last_entry
+        self._entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        after = entry_order(self.last_entry)
+        fresh = [entry for entry in entries if entry_order(entry[0].decode()) > after]
+        if fresh:
+            self._entries.extend(fresh)
+            self.last_entry = fresh[-1][0].decode()
+            self.tick()
+
+    def tick(self) -> None:
+        """Wake the reader if it has entries (the hub calls this after each read)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and (self._entries or self._error):
+            waiter.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_entries(self, timeout: float) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """What arrived past the last call, waiting up to ``timeout`` for something; [] if
+        nothing came."""
+        if not self._entries and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError:
+                pass
+            finally:
+                self._waiter = None
+        if self._error is not None:
+            raise self._error
+        entries, self._entries = self._entries, []
+        return entries
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self)
+
+
 class RemoteFrames:
     """A response body that reads a reply another process produces, from ``position`` on.
     ``framer`` is a QueryFramer or JsonFramer (``conversations.streams``)."""
@@ -229,8 +441,8 @@ class RemoteFrames:
         client = redis_client()
         present = client.register_script(PRESENT_SCRIPT)
         stream = frames_key(message_id)
-        last_entry = "0-0"
         position = self.position
+        reading = frames_hub().subscribe(stream, "0-0")
         try:
             start = self.framer.start()
             if start:
@@ -239,7 +451,7 @@ class RemoteFrames:
             await client.publish(channel("mirror"), str(message_id))
             said_at = quiet_since = time.monotonic()
             while True:
-                entries = await client.xread({stream: last_entry}, count=500, block=READ_BLOCK_MS)
+                entries = await reading.next_entries(READ_BLOCK_MS / 1000)
                 now = time.monotonic()
                 if now - said_at >= 1.0:
                     said_at = now
@@ -260,8 +472,7 @@ class RemoteFrames:
                     continue
                 quiet_since = now
                 frames = []
-                for entry, fields in entries[0][1]:
-                    last_entry = entry
+                for _, fields in entries:
                     if b"end" in fields:
                         finished = Finished(*json.loads(fields[b"end"]))
                         frames.append(self._end(finished))
@@ -278,6 +489,7 @@ class RemoteFrames:
                 if frames:
                     yield b"".join(frames)
         finally:
+            reading.close()
             await self.aclose()
 
     def _end(self, finished: Finished) -> bytes:
