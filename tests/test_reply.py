@@ -180,6 +180,27 @@ def test_a_stop_closes_the_upstream_and_saves_the_text_so_far_as_cancelled(saves
     )
 
 
+def test_a_reply_stopped_before_its_task_first_ran_is_saved_and_never_asks_upstream(saves):
+    """A stop in the same step as the start (before the loop ran the producing task once)
+    used to cancel a task that then never ran its body: nothing saved, readers left waiting."""
+
+    async def scenario():
+        provider = Scripted()
+        reply = Reply(provider=provider, keepalive_seconds=0, max_seconds=60)
+        reply.start(PROMPT)
+        reply.bind(owner_id=1, conversation_id=2, message_id=3)
+        reply.stop()
+        await ended(reply)
+        return provider, reply
+
+    provider, reply = run(scenario())
+
+    assert provider.asked == []
+    assert reply.finished == STOPPED
+    [final] = saves.finals
+    assert (final["status"], final["error_code"], final["content"]) == ("cancelled", "stopped", "")
+
+
 def test_stops_after_the_first_and_after_the_end_change_nothing(saves):
     async def scenario():
         provider = Scripted()

@@ -116,6 +116,7 @@ class Reply:
         "_saved",
         "_loop",
         "_prompt_chars",
+        "_began",
     )
 
     def __init__(
@@ -168,6 +169,9 @@ class Reply:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prompt_chars = 0
         """The prompt's length, to estimate its tokens if the upstream does not count them."""
+        self._began = False
+        """Whether the producing task has run its first step (a task cancelled before that
+        would never run its body, and so never save the reply)."""
 
     # -- the producing side ---------------------------------------------------------------
 
@@ -234,6 +238,10 @@ class Reply:
         task = self._task
         if task is None or task.done() or self._finalising or self._stop_reason:
             return
+        if not self._began:
+            # The task has not run yet: it starts stopped, and saves the reply as any stop does.
+            self._stop_reason = reason
+            return
         loop = asyncio.get_running_loop()
         if task.cancelling():
             # Being cancelled already: a server shutting down cancels every task at once, and
@@ -267,6 +275,7 @@ class Reply:
         await self.aended()
 
     async def _produce(self, prompt: Sequence[ChatMessage], model: str | None) -> None:
+        self._began = True
         loop = asyncio.get_running_loop()
         started = loop.time()
         first_token_at: float | None = None
@@ -278,6 +287,10 @@ class Reply:
         # The provider holds the prompt until it is sent, and then lets it go; so does this.
         prompt = ()
         try:
+            if self._stop_reason is not None:
+                # Stopped before it began: the upstream is never asked.
+                await produced.aclose()
+                raise asyncio.CancelledError()
             async with aclosing(produced) as deltas:
                 async for delta in deltas:
                     if first_token_at is None:
