@@ -27,9 +27,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -161,11 +161,7 @@ class EntriesBatch:
 
     def _send_queued(self) -> None:
         queued, self._queued = self._queued, []
-        task = asyncio.get_running_loop().create_task(
-            self._send(queued), name="mirror-entries", context=contextvars.Context()
-        )
-        _sending.add(task)
-        task.add_done_callback(_sending.discard)
+        _in_background(self._send(queued), "mirror-entries")
 
     async def _send(self, queued: list[Queued]) -> None:
         try:
@@ -184,18 +180,35 @@ class EntriesBatch:
 
 
 _batches: dict[asyncio.AbstractEventLoop, EntriesBatch] = {}
-_sending: set[asyncio.Task[None]] = set()
 
 
 def entries_batch() -> EntriesBatch:
-    """This event loop's batch (one per loop: the tests run several)."""
+    """This event loop's batch."""
+    return _this_loops(_batches, EntriesBatch)
+
+
+_T = TypeVar("_T")
+_background: set[asyncio.Task[None]] = set()
+
+
+def _this_loops(instances: dict[asyncio.AbstractEventLoop, _T], make: Callable[[], _T]) -> _T:
+    """The instance of the running event loop (one per loop: the tests run several), made on
+    first use; those of closed loops are dropped."""
     loop = asyncio.get_running_loop()
-    batch = _batches.get(loop)
-    if batch is None:
-        for stale in [other for other in _batches if other.is_closed()]:
-            del _batches[stale]
-        batch = _batches[loop] = EntriesBatch()
-    return batch
+    instance = instances.get(loop)
+    if instance is None:
+        for stale in [other for other in instances if other.is_closed()]:
+            del instances[stale]
+        instance = instances[loop] = make()
+    return instance
+
+
+def _in_background(work: Coroutine[Any, Any, None], name: str) -> None:
+    """Run ``work`` on its own (a fresh context: nothing of the request that started it),
+    referenced until it ends."""
+    task = asyncio.get_running_loop().create_task(work, name=name, context=contextvars.Context())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 async def _copy_end(reply: Reply) -> None:
@@ -301,9 +314,7 @@ class FramesHub:
                     pipe.expire(self.wake_key, 60)
                     await pipe.execute()
 
-        task = asyncio.get_running_loop().create_task(wake(), context=contextvars.Context())
-        _pending_wakes.add(task)
-        task.add_done_callback(_pending_wakes.discard)
+        _in_background(wake(), "frames-hub-wake")
 
     async def _read(self) -> None:
         client = redis_client()
@@ -331,18 +342,11 @@ class FramesHub:
 
 
 _hubs: dict[asyncio.AbstractEventLoop, FramesHub] = {}
-_pending_wakes: set[asyncio.Task[None]] = set()
 
 
 def frames_hub() -> FramesHub:
-    """This event loop's hub (one per loop: the tests run several)."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        for stale in [other for other in _hubs if other.is_closed()]:
-            del _hubs[stale]
-        hub = _hubs[loop] = FramesHub()
-    return hub
+    """This event loop's hub."""
+    return _this_loops(_hubs, FramesHub)
 
 
 def entry_order(entry: str) -> tuple[int, int]:
