@@ -15,6 +15,7 @@ import pytest
 
 from conversations import redis_client
 from conversations.replies import remote
+from tests.helpers import await_for
 from tests.loops import run_in_new_loop
 
 
@@ -86,9 +87,19 @@ def test_a_reader_that_joins_while_the_hub_waits_is_read_at_once(shared_redis, m
 
     async def scenario() -> float:
         client = redis_client.redis_client()
+        real_xread = client.xread
+        reading: list[list] = []
+
+        async def recorded_xread(streams, **kwargs):
+            reading.append(list(streams))
+            return await real_xread(streams, **kwargs)
+
+        monkeypatch.setattr(client, "xread", recorded_xread)
         hub = remote.frames_hub()
         waiting = hub.subscribe(remote.frames_key(10), "0-0")
-        await asyncio.sleep(0.3)  # the hub is now blocked on the first reply's stream
+        # The hub's read, for the first reply's stream alone, is on its way (and blocks).
+        await await_for(lambda: reading)
+        assert remote.frames_key(11) not in reading[0]
         started = time.monotonic()
         joining = hub.subscribe(remote.frames_key(11), "0-0")
         await client.xadd(remote.frames_key(11), {"t": "hello"})

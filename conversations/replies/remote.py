@@ -331,9 +331,6 @@ class FramesHub:
                         continue
                     for reader in list(self.readers.get(stream, ())):
                         reader.deliver(entries)
-                for readers in list(self.readers.values()):
-                    for reader in readers:
-                        reader.tick()
         except (RedisError, OSError) as exc:
             for readers in list(self.readers.values()):
                 for reader in readers:
@@ -374,16 +371,13 @@ class HubReader:
         if fresh:
             self._entries.extend(fresh)
             self.last_entry = fresh[-1][0].decode()
-            self.tick()
-
-    def tick(self) -> None:
-        """Wake the reader if it has entries (the hub calls this after each read)."""
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and (self._entries or self._error):
-            waiter.set_result(None)
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
         self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
