@@ -34,6 +34,9 @@ RECORD_STREAMED_TEXT = """() => {
 
 
 def composer(page):
+    """The message box once the page's script has wired it (the form's ``data-ready``): a
+    test that types sooner races the script, as a person on a slow network would."""
+    page.locator("#composer[data-ready]").wait_for(state="attached")
     return page.get_by_role("textbox", name="Message")
 
 

@@ -7,6 +7,7 @@ typed while a reply streams waits for its end; the counter, the over-long notice
 
 from __future__ import annotations
 
+import re
 import uuid
 from zoneinfo import ZoneInfo
 
@@ -82,6 +83,36 @@ def test_the_picked_model_and_a_new_chats_system_prompt_reach_the_upstream_and_s
     expect(page.get_by_role("textbox", name="System prompt")).to_have_count(0)
     page.locator("summary", has_text="System prompt").click()
     expect(page.locator(".system-prompt-text")).to_have_text("You are a terse pirate.")
+
+
+def test_send_waits_for_the_pages_script_so_a_message_is_never_submitted_as_a_plain_form(
+    page_for, user, fake_upstream
+):
+    trigger = unique("early bird")
+    fake_upstream.script(trigger, tokens=["worth ", "the wait"])
+    page = page_for(user)
+    navigations = []
+    page.on("request", lambda r: navigations.append(r.url) if r.is_navigation_request() else None)
+    held = []
+    chat_js = re.compile(r"/conversations/chat(\.[0-9a-f]+)?\.js$")
+    page.route(chat_js, lambda route: held.append(route))
+    page.goto("/", wait_until="commit")
+
+    box = page.get_by_role("textbox", name="Message")
+    box.fill(trigger)
+    send_button = page.get_by_role("button", name="Send", exact=True)
+    expect(send_button).to_be_disabled()
+    send_button.click(force=True)
+    wait_for(lambda: held)
+    held[0].continue_()
+
+    expect(page.locator("#composer[data-ready]")).to_be_attached()
+    expect(send_button).to_be_enabled()
+    send_button.click()
+    expect(page.locator('.message.assistant[data-status="complete"]')).to_contain_text("the wait")
+    assert len(streaming_requests(fake_upstream, trigger)) == 1
+    assert [url for url in navigations if "message=" in url] == []
+    assert len(navigations) == 1, navigations
 
 
 def test_a_replys_details_show_on_hover_and_on_keyboard_focus(page_for, user, fake_upstream):

@@ -614,3 +614,4 @@ transcript.addEventListener("click", (event) => {
 enhanceTranscript(transcript);
 setUpReading(transcript, document.getElementById("jump-latest"), input);
 attachToStreamingReply();
+composer.ready();

@@ -160,6 +160,14 @@ export class Composer {
     return extras;
   }
 
+  /** The page is served with Send disabled, so nothing typed before this script has run is
+   *  submitted as a plain form (the message in a URL); from here on Send works, and
+   *  ``data-ready`` on the form says so. */
+  ready() {
+    this.sendButton.disabled = this.busy;
+    this.form.dataset.ready = "";
+  }
+
   /** While a reply streams the box stays open for typing; Send waits (a message sent
    *  meanwhile is queued). */
   setBusy(busy) {
