@@ -8,12 +8,13 @@ CHAT_MAX_BODY_BYTES with 413 before it is read, and run what a request left for 
 """
 
 import asyncio
+import contextlib
 import gc
 import io
 import logging
 import os
 import tempfile
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import aclosing
 from typing import IO, Any, ParamSpec, TypeVar, cast
@@ -21,10 +22,11 @@ from typing import IO, Any, ParamSpec, TypeVar, cast
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
+from django.core import signals
 from django.core.asgi import get_asgi_application
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connections, reset_queries
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase, ResponseHeaders
@@ -133,6 +135,42 @@ class RequestThread(Executor):
             self._executor = None
 
 
+REQUEST_STARTED_RECEIVERS = (reset_queries, close_old_connections)
+"""Django's own receivers of ``request_started`` (connected in ``django.db``)."""
+
+
+@contextlib.contextmanager
+def request_started_unheard() -> Iterator[None]:
+    """While the worker serves (its ASGI lifespan), Django's own ``request_started`` receivers
+    are disconnected (not with DEBUG on), and connected again after.
+
+    Both are synchronous, so ``Signal.asend`` ran them in the request's thread, a hop there
+    and back before every view (0.4 ms of the time to first token at steady 50, measured
+    with ``python -m bench.probe steady``); a signal with no receivers returns at once.
+    Neither has anything to do here: ``close_old_connections`` closes the obsolete connections
+    of the thread the request's ORM work runs on, and that thread comes from RequestThreads,
+    whose threads hold none (CONN_MAX_AGE is 0, so ``request_finished`` closed every
+    connection of the request before; a call that outlives its request and opens one leaves
+    it to the next request, which uses it and closes it at its end);
+    ``reset_queries`` empties the query log, which only DEBUG fills. Other receivers of
+    ``request_started`` are left connected. ``tests/test_asgi.py`` checks the threads hold no
+    connection and that a serving worker's signal has no receivers; with CHAT_FAST_PATH=0 the
+    stock application keeps Django's."""
+    if settings.DEBUG:
+        yield
+        return
+    unheard = [
+        receiver
+        for receiver in REQUEST_STARTED_RECEIVERS
+        if signals.request_started.disconnect(receiver)
+    ]
+    try:
+        yield
+    finally:
+        for receiver in unheard:
+            signals.request_started.connect(receiver)
+
+
 def holds_a_connection() -> bool:
     """Whether this thread has a database connection open (or a transaction begun)."""
     return any(
@@ -170,7 +208,8 @@ class ChatASGIHandler(ASGIHandler):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await lifespan(receive, send)
+            with request_started_unheard():
+                await lifespan(receive, send)
             return
         await super().__call__(scope, receive, send)
 

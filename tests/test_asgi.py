@@ -20,8 +20,9 @@ from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import request_started
+from django.db import close_old_connections, reset_queries
 
-from chatsite.asgi import application
+from chatsite.asgi import application, holds_a_connection
 from conversations import limits, redis_client
 from conversations.models import Message
 from conversations.tokens import api_token_create
@@ -68,6 +69,7 @@ async def exchange(
     leave_after_first_token: bool,
     leave_while_headers_are_sent: bool = False,
     on_first_token: Callable[[], None] | None = None,
+    cookie: str = "",
 ) -> list:
     """One request through the ASGI application; the client disconnects once the response
     is complete or, if asked, as soon as the first token arrives, or while the response's
@@ -109,7 +111,11 @@ async def exchange(
         "raw_path": path.encode(),
         "query_string": urlencode(query).encode(),
         "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+        "headers": [
+            (b"host", b"testserver"),
+            *([(b"authorization", f"Bearer {token}".encode())] if token else []),
+            *([(b"cookie", f"sessionid={cookie}".encode())] if cookie else []),
+        ],
         "client": ("127.0.0.1", 40000),
         "server": ("testserver", 80),
     }
@@ -290,6 +296,60 @@ def test_a_request_waiting_between_its_thread_sensitive_calls_holds_no_thread(tr
         ("after another call, the connection still open", True, 1),
         ("after the connection was closed", False, 0),
     ]
+
+
+def test_a_serving_worker_leaves_request_started_without_djangos_receivers_until_it_stops():
+    """A signal with no receivers costs no hop to a thread before every view; the worker's
+    lifespan takes Django's two away while it serves and gives them back when it stops."""
+    messages: asyncio.Queue[dict] = asyncio.Queue()
+    answers: list[str] = []
+    listened: dict[str, bool] = {}
+
+    async def serve_and_stop() -> None:
+        async def send(message: dict) -> None:
+            answers.append(message["type"])
+
+        serving = asyncio.ensure_future(application({"type": "lifespan"}, messages.get, send))
+        await messages.put({"type": "lifespan.startup"})
+        while not answers:
+            await asyncio.sleep(0.01)
+        listened["serving"] = request_started.has_listeners()
+        await messages.put({"type": "lifespan.shutdown"})
+        await serving
+
+    listened["before"] = request_started.has_listeners()
+    run_in_new_loop(serve_and_stop())
+
+    assert answers == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert listened == {"before": True, "serving": False}
+    assert {r() for _, r, _ in request_started.receivers} == {close_old_connections, reset_queries}
+
+
+def test_threads_given_back_hold_no_database_connection(user, make_user, transactional_db):
+    """Why request_started's close_old_connections has nothing to close in a serving worker:
+    whatever requests did on their threads (the ORM in a page, a stream's rows, a refusal), a
+    thread handed back to RequestThreads holds no database connection."""
+    from django.test import Client
+
+    _, token = api_token_create(owner=user)
+    session = Client()
+    session.force_login(make_user("page-reader"))
+    cookie = session.cookies["sessionid"].value
+
+    async def requests() -> None:
+        await exchange("/api/conversations", {}, token, leave_after_first_token=False)
+        await exchange(
+            "/api/chat/stream", {"message": "hello"}, token, leave_after_first_token=True
+        )
+        await exchange("/api/chat/stream", {"message": "hi"}, token, leave_after_first_token=False)
+        await exchange("/", {}, "", leave_after_first_token=False, cookie=cookie)
+        await exchange("/api/messages/999999/stream", {}, token, leave_after_first_token=False)
+
+    run_in_new_loop(requests())
+
+    idle = list(application.threads._idle)
+    assert idle
+    assert [thread.submit(holds_a_connection).result() for thread in idle] == [False] * len(idle)
 
 
 def test_a_streaming_response_is_sent_as_djangos_own_send_response_sends_it():
