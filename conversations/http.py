@@ -28,7 +28,7 @@ from .errors import (
     api_error_response,
     error_response,
 )
-from .limits import RequestWindow, request_count
+from .limits import RequestWindow, Slot, request_count, request_count_and_slot
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,11 @@ AsyncView = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 class ApiRequest(HttpRequest):
     """For type hints only: the request an ``api_view`` hands its view (Django's own request,
-    with the caller set as ``api_user``)."""
+    with the caller set as ``api_user`` and, for a view that takes stream slots, the one taken
+    ahead as ``stream_slot``)."""
 
     api_user: User
+    stream_slot: Slot | None
 
 
 class AuthenticatedRequest(HttpRequest):
@@ -48,11 +50,18 @@ class AuthenticatedRequest(HttpRequest):
     user: User
 
 
-def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
+def api_view(
+    *methods: str, starts_a_reply: Callable[[HttpRequest], bool] | None = None
+) -> Callable[[AsyncView], AsyncView]:
     """An API endpoint: CSRF-checked only when the browser session authenticates it (403),
     only ``methods`` (405), an authenticated caller (401) within the rate limit (429, and
     ``RateLimit-*`` headers on every answer), set as ``request.api_user``; any ApiError becomes
     its JSON response.
+
+    For a request that ``starts_a_reply`` says will start one, one of the caller's stream
+    slots is taken as it is counted, if one is free (``request_count_and_slot``), and handed
+    to the view as ``request.stream_slot``; given back after the view unless a reply claimed
+    it.
 
     The view is ``csrf_exempt`` for CsrfViewMiddleware and checks CSRF itself, first, with
     Django's own check, and only for a request that carries the session's ambient credentials:
@@ -74,6 +83,7 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                     headers={"Allow": ", ".join(methods)},
                 )
             window = None
+            request.stream_slot = None
             try:
                 try:
                     request.api_user = await api_auser(request)
@@ -81,13 +91,22 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
                     window = await request_count(request, None)
                     raise_if_exceeded(window)
                     raise
-                window = await request_count(request, request.api_user)
+                if starts_a_reply is not None and starts_a_reply(request):
+                    window, request.stream_slot = await request_count_and_slot(
+                        request, request.api_user
+                    )
+                else:
+                    window = await request_count(request, request.api_user)
                 raise_if_exceeded(window)
                 response = await view(request, *args, **kwargs)
             except DomainError as error:
                 response = api_error_failure(as_api_error(error))
             except ApiError as error:
                 response = api_error_failure(error)
+            finally:
+                slot = request.stream_slot
+                if slot is not None and not slot.claimed:
+                    await slot.release()
             if window is not None:
                 for name, value in rate_limit_headers(window).items():
                     response.headers.setdefault(name, value)

@@ -132,7 +132,13 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "registration/signup.html", {"form": form})
 
 
-@api_view("GET", "POST")
+def starts_a_reply(request: HttpRequest) -> bool:
+    """Whether a request to chat_stream starts a reply (unless it repeats an Idempotency-Key):
+    a GET resuming with Last-Event-ID does not."""
+    return request.method == "POST" or "Last-Event-ID" not in request.headers
+
+
+@api_view("GET", "POST", starts_a_reply=starts_a_reply)
 async def chat_stream(request: ApiRequest) -> HttpResponseBase:
     """``GET`` for EventSource and curl, ``POST`` for fetch clients; one reply either way.
     A ``GET`` with ``Last-Event-ID`` resumes the reply it names, or gets 204."""
@@ -141,7 +147,9 @@ async def chat_stream(request: ApiRequest) -> HttpResponseBase:
             return await _resume(request)
         require_same_origin_session(request)
         chat_request = chat_request_from_query(request.GET)
-        reply = await reply_astart(user=request.api_user, chat_request=chat_request)
+        reply = await reply_astart(
+            user=request.api_user, chat_request=chat_request, slot=request.stream_slot
+        )
         return reply_response(reply, QueryFramer(reply.rows[1]), joining=False)
     payload = json_body(request, max_bytes=settings.CHAT_MAX_BODY_BYTES)
     chat_request = chat_request_from_json(payload)
@@ -149,6 +157,7 @@ async def chat_stream(request: ApiRequest) -> HttpResponseBase:
         user=request.api_user,
         chat_request=chat_request,
         idempotency_key=idempotency_key_from(request),
+        slot=request.stream_slot,
     )
     if fresh and isinstance(started, Reply):  # a fresh start is always a Reply of this process
         return reply_response(started, JsonFramer(), joining=False)

@@ -206,6 +206,53 @@ def test_streams_over_the_limit_queue_in_order_then_get_429_when_the_queue_is_fu
     assert wait_for(lambda: not Message.objects.filter(status="streaming").exists())
 
 
+def test_a_stream_holds_the_one_slot_taken_as_it_was_counted_and_others_give_theirs_back(
+    queue_server, make_user, fake_upstream, transactional_db
+):
+    """A request that will start a reply takes a free slot in the round trip that counts it:
+    the reply holds that one slot, and a request that starts none after all gives it back."""
+    server, prefix, redis_sync = queue_server
+    fake_upstream.script("held open", **SLOW_REPLY)
+    user = make_user("gus")
+    slots, queue = slot_keys(prefix, user)
+    with session_client(server.url, user) as client:
+        stream = open_stream(client, "held open")
+        assert redis_sync.zcard(slots) == 1
+        answers = [
+            client.post("/api/chat/stream", json={"message": ""}),
+            client.post("/api/chat/stream", json={"message": "hi", "conversation_id": 10**9}),
+            client.get("/api/chat/stream", params={"message": "hi", "model": "not-offered"}),
+        ]
+        assert [answer.status_code for answer in answers] == [400, 404, 400]
+        assert (redis_sync.zcard(slots), redis_sync.zcard(queue)) == (1, 0)
+        stream.close()
+    assert wait_for(lambda: redis_sync.zcard(slots) == 0)
+
+
+def test_a_request_over_its_rate_limit_takes_no_slot_in_the_round_trip_that_counts_it(
+    redis_url,
+):
+    async def count_three_times() -> tuple[list[tuple[int, bool]], int]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        prefix = f"counted-{uuid.uuid4().hex}"
+        slots = RedisStreamSlots(
+            client=client, prefix=prefix, limit=5, queue_length=0, wait_seconds=0.1, ttl=60
+        )
+        counted = []
+        for _ in range(3):
+            count, slot = await slots.try_acquire_counting(
+                "user:1", counter=f"{prefix}:requests:user:1:0", limit=2, ttl=60
+            )
+            counted.append((count, slot is not None))
+        held = await client.zcard(f"{prefix}:streams:user:1:slots")
+        await client.aclose()
+        return counted, held
+
+    counted, held = run_in_new_loop(count_three_times())
+    assert counted == [(1, True), (2, True), (3, False)]
+    assert held == 2
+
+
 def test_a_queued_stream_gives_up_with_429_when_no_slot_frees_in_time(
     slots_server, make_user, fake_upstream, transactional_db
 ):

@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from ..errors import Conflict, Invalid, NotFound
+from ..limits import Slot
 from ..models import Conversation, Message
 from ..selectors import message_aget_owned
 from ..services import MIN_STALE_AGE, ChatRequest, messages_mark_interrupted
@@ -124,19 +125,23 @@ async def reply_aresume(*, user: User, message_id: int, position: int) -> Attach
 
 
 async def reply_astart_once(
-    *, user: User, chat_request: ChatRequest, idempotency_key: str | None
+    *,
+    user: User,
+    chat_request: ChatRequest,
+    idempotency_key: str | None,
+    slot: Slot | None = None,
 ) -> tuple[Attachable, bool]:
     """Start a reply (and True), or, for a request repeated with the same ``Idempotency-Key``,
     the reply its first sending started, to attach to from its start (and False): the model is
-    not called again."""
+    not called again. ``slot``: as for reply_astart."""
     if idempotency_key is None:
-        return await reply_astart(user=user, chat_request=chat_request), True
+        return await reply_astart(user=user, chat_request=chat_request, slot=slot), True
     claim: dict[str, Any] = {"user_id": user.pk, "key": idempotency_key}
     started = await key_aclaim(**claim, chat_request=chat_request)
     if started is not None:
         return await reply_aattach(user=user, message_id=started), False
     try:
-        reply = await reply_astart(user=user, chat_request=chat_request)
+        reply = await reply_astart(user=user, chat_request=chat_request, slot=slot)
     except BaseException:
         await asyncio.shield(key_arelease(**claim))
         raise

@@ -22,7 +22,7 @@ from chatsite import metrics
 
 from .. import asyncdb
 from ..catalog import ModelChoice, model_choice_aget
-from ..limits import stream_slots
+from ..limits import Slot, slot_owner, stream_slots
 from ..providers import get_provider
 from ..services import (
     ChatRequest,
@@ -47,18 +47,23 @@ ENDED: OrderedDict[int, tuple[float, Reply]] = OrderedDict()
 """Replies this process ended lately, oldest first, with the time they are forgotten."""
 
 
-async def reply_astart(*, user: User, chat_request: ChatRequest) -> Reply:
+async def reply_astart(*, user: User, chat_request: ChatRequest, slot: Slot | None = None) -> Reply:
     """Check the model asked for (Invalid ``model_not_allowed``) and the user's daily token
     quota (Busy ``quota_exceeded``), take one of the user's stream slots (held until the reply
-    ends), save the user's message, open the assistant's, and start the reply."""
+    ends; ``slot``, one of theirs taken already, if given), save the user's message, open the
+    assistant's, and start the reply."""
     models = await model_choice_aget()
     models.check(chat_request.model)
     await quota_acheck(user=user)
-    asked = time.monotonic()
-    try:
-        slot = await stream_slots().acquire(f"user:{user.pk}")
-    finally:
-        metrics.stream_slot_waited(seconds=time.monotonic() - asked)
+    if slot is None or slot.released:
+        asked = time.monotonic()
+        try:
+            slot = await stream_slots().acquire(slot_owner(user))
+        finally:
+            metrics.stream_slot_waited(seconds=time.monotonic() - asked)
+    else:
+        metrics.stream_slot_waited(seconds=0.0)
+    slot.claimed = True
     try:
         reply = await _astart(user, chat_request, models)
     except BaseException:
