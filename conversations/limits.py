@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -183,14 +183,15 @@ async def request_count_and_slot(
     fewer on the way to the first token than counting and then taking the slot (0.25 ms of
     TTFT p50 at steady 50, ``python -m bench.probe steady`` with server-side timestamps)."""
     counter, slots, key = request_counter(), stream_slots(), rate_limit_key(request, user)
-    if isinstance(counter, RedisRequestCounter) and isinstance(slots, RedisStreamSlots):
-        counted, seconds_left = counter.counter_now(key)
-        count, slot = await slots.try_acquire_counting(
-            slot_owner(user), counter=counted, limit=counter.rate.limit, ttl=counter.rate.period + 1
-        )
+    if isinstance(slots, LocalStreamSlots):
+        count, seconds_left = await counter.hit(key)
+        slot = slots.try_acquire(slot_owner(user)) if count <= counter.rate.limit else None
         return _window(counter, count, seconds_left), slot
-    count, seconds_left = await counter.hit(key)
-    slot = await slots.try_acquire(slot_owner(user)) if count <= counter.rate.limit else None
+    # Both are Redis's exactly when REDIS_URL is set (request_counter, stream_slots).
+    counted, seconds_left = cast(RedisRequestCounter, counter).counter_now(key)
+    count, slot = await cast(RedisStreamSlots, slots).try_acquire_counting(
+        slot_owner(user), counter=counted, limit=counter.rate.limit, ttl=counter.rate.period + 1
+    )
     return _window(counter, count, seconds_left), slot
 
 
@@ -245,10 +246,6 @@ class StreamSlots:
         is full or no slot frees in time)."""
         raise NotImplementedError
 
-    async def try_acquire(self, owner: str) -> Slot | None:
-        """A slot of ``owner``'s if one is free now and nobody is waiting for one, else None."""
-        raise NotImplementedError
-
     async def release(self, slot: Slot) -> None:
         raise NotImplementedError
 
@@ -275,7 +272,8 @@ class LocalStreamSlots(StreamSlots):
                 del state.in_use[token]
         return state
 
-    async def try_acquire(self, owner: str) -> Slot | None:
+    def try_acquire(self, owner: str) -> Slot | None:
+        """A slot of ``owner``'s if one is free now and nobody is waiting for one, else None."""
         state = self._state(owner)
         if len(state.in_use) < self.limit and not state.waiters:
             token = str(next(self._tokens))
@@ -284,7 +282,7 @@ class LocalStreamSlots(StreamSlots):
         return None
 
     async def acquire(self, owner: str) -> Slot:
-        if (free := await self.try_acquire(owner)) is not None:
+        if (free := self.try_acquire(owner)) is not None:
             return free
         state = self._state(owner)
         token = str(next(self._tokens))
@@ -346,20 +344,17 @@ return 0
 """
 
 
-# KEYS: slots, queue and, optionally, a request counter. ARGV: now, expires, limit, member,
-# queue_expired_before and, with a counter, its lifetime and the request limit. Counts the
-# request (as COUNT_SCRIPT) and, within the request limit, takes a free slot if nobody waits
-# for one. Returns {count (0 without a counter), 1 (slot taken) or 0 (none)}.
-TRY_SCRIPT = """
-local count = 0
-if #KEYS == 3 then
-  count = redis.call('INCR', KEYS[3])
-  if count == 1 then
-    redis.call('EXPIRE', KEYS[3], ARGV[6])
-  end
-  if count > tonumber(ARGV[7]) then
-    return {count, 0}
-  end
+# KEYS: slots, queue, a request counter. ARGV: now, expires, limit, member,
+# queue_expired_before, the counter's lifetime, the request limit. Counts the request (as
+# COUNT_SCRIPT) and, within the request limit, takes a free slot if nobody waits for one.
+# Returns {count, 1 (slot taken) or 0 (none)}.
+COUNT_AND_TRY_SCRIPT = """
+local count = redis.call('INCR', KEYS[3])
+if count == 1 then
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+if count > tonumber(ARGV[7]) then
+  return {count, 0}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
@@ -381,30 +376,21 @@ class RedisStreamSlots(StreamSlots):
         self.redis = client
         self.prefix = prefix
         self._acquire = self.redis.register_script(ACQUIRE_SCRIPT)
-        self._try_script = self.redis.register_script(TRY_SCRIPT)
-
-    async def try_acquire(self, owner: str) -> Slot | None:
-        member = f"{os.getpid()}:{uuid.uuid4().hex}"
-        with redis_failures_as_503():
-            _, taken = await self._try_script(keys=self._keys(owner), args=self._try_args(member))
-        return Slot(owner, member, self) if taken else None
+        self._count_and_try = self.redis.register_script(COUNT_AND_TRY_SCRIPT)
 
     async def try_acquire_counting(
         self, owner: str, *, counter: str, limit: int, ttl: int
     ) -> tuple[int, Slot | None]:
         """Count a request on ``counter`` (a RedisRequestCounter's key, kept ``ttl`` seconds)
-        and, if the count is within ``limit``, try_acquire; one round trip. The count, and the
-        slot or None."""
+        and, if the count is within ``limit``, take a slot of ``owner``'s if one is free and
+        nobody waits for one; one round trip. The count, and the slot or None."""
         member = f"{os.getpid()}:{uuid.uuid4().hex}"
-        with redis_failures_as_503():
-            count, taken = await self._try_script(
-                keys=[*self._keys(owner), counter], args=[*self._try_args(member), ttl, limit]
-            )
-        return int(count), Slot(owner, member, self) if taken else None
-
-    def _try_args(self, member: str) -> list[float | str]:
         now = time.time()
-        return [now, now + self.ttl, self.limit, member, now - self.wait_seconds - 5]
+        args: list[float | str] = [now, now + self.ttl, self.limit, member]
+        args += [now - self.wait_seconds - 5, ttl, limit]
+        with redis_failures_as_503():
+            count, taken = await self._count_and_try(keys=[*self._keys(owner), counter], args=args)
+        return int(count), Slot(owner, member, self) if taken else None
 
     def _keys(self, owner: str) -> list[str]:
         return [f"{self.prefix}:streams:{owner}:slots", f"{self.prefix}:streams:{owner}:queue"]
