@@ -301,18 +301,20 @@ def test_a_request_waiting_between_its_thread_sensitive_calls_holds_no_thread(tr
 def test_a_serving_worker_leaves_request_started_without_djangos_receivers_until_it_stops():
     """A signal with no receivers costs no hop to a thread before every view; the worker's
     lifespan takes Django's two away while it serves and gives them back when it stops."""
-    messages: asyncio.Queue[dict] = asyncio.Queue()
     answers: list[str] = []
     listened: dict[str, bool] = {}
 
     async def serve_and_stop() -> None:
+        messages: asyncio.Queue[dict] = asyncio.Queue()
+        started = asyncio.Event()
+
         async def send(message: dict) -> None:
             answers.append(message["type"])
+            started.set()
 
         serving = asyncio.ensure_future(application({"type": "lifespan"}, messages.get, send))
         await messages.put({"type": "lifespan.startup"})
-        while not answers:
-            await asyncio.sleep(0.01)
+        await started.wait()
         listened["serving"] = request_started.has_listeners()
         await messages.put({"type": "lifespan.shutdown"})
         await serving
