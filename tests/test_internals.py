@@ -363,6 +363,32 @@ def test_urllib_proxy_bypass_environment_reads_no_proxy_from_the_given_dict():
     assert not urllib.request.proxy_bypass_environment("api.openai.com", proxies)
 
 
+def test_aiohttp_client_request_sends_its_head_itself_when_it_holds_no_body():
+    """BodyWithHeadRequest holds a bytes body back from ClientRequest.send and writes it after."""
+    import aiohttp
+    from aiohttp.payload import BytesPayload
+    from yarl import URL
+
+    from conversations.providers.aiohttp_transport import BodyWithHeadRequest
+
+    assert "request_class" in parameters(aiohttp.ClientSession.__init__)
+    assert parameters(aiohttp.ClientRequest.send) == ["self", "conn"]
+    send = source(aiohttp.ClientRequest.send)
+    assert "if self._body or self._continue is not None or protocol.writing_paused:" in send, (
+        "aiohttp's ClientRequest.send decides on a body writer another way: update "
+        "BodyWithHeadRequest.send"
+    )
+    assert "writer.set_eof()" in send, "aiohttp no longer sends a body-less head in send"
+
+    async def built() -> BodyWithHeadRequest:
+        return BodyWithHeadRequest("POST", URL("http://upstream.test/v1"), data=b'{"a": 1}')
+
+    request = run_in_new_loop(built())
+    assert isinstance(request._body, BytesPayload)
+    assert request._body._value == b'{"a": 1}'
+    assert request._continue is None
+
+
 def test_the_sdk_posts_a_raw_streaming_request_to_any_path():
     from openai import AsyncOpenAI
 

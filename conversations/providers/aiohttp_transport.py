@@ -5,15 +5,26 @@ framing cost more CPU than all the rest of the relay. aiohttp parses them in C. 
 building, sending and checking its requests through httpx; only the bytes on the wire go
 through aiohttp here (the SDK's own ``DefaultAioHttpClient`` does the same, but keeps cookies
 and reports a refused connection as a timeout).
+
+A request's body goes out in the same step as its head (``BodyWithHeadRequest``).
 """
 
 from __future__ import annotations
 
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
+from aiohttp.payload import BytesPayload
+
+AIOHTTP_WRITES_BODIES_EAGERLY = sys.version_info >= (3, 12)
+"""From Python 3.12 aiohttp starts the task that writes a body eagerly: it is done before
+``send`` returns, and ``BodyWithHeadRequest`` leaves it alone."""
+
+BODY_WITH_HEAD_MAX_BYTES = 1 << 16
+"""A larger body goes aiohttp's way, written in chunks that wait for the socket to drain."""
 
 TRANSPORT_ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
     (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
@@ -62,6 +73,50 @@ class AiohttpResponseBody(httpx.AsyncByteStream):
             self.response.close()
 
 
+class BodyWithHeadRequest(aiohttp.ClientRequest):
+    """aiohttp's request, with a body already in hand written in the step that sends the head.
+
+    Before Python 3.12 aiohttp writes every body from a task of its own, started at the loop's
+    next turn. On a busy loop that turn comes after every callback already queued: at steady 50
+    the new stream's request reached the model service 1.7 ms (p50) after it was sent, a third
+    of the TTFT overhead above the floor (``python -m bench.probe steady`` with server-side
+    timestamps). Here a bytes body of up to BODY_WITH_HEAD_MAX_BYTES, with no
+    ``Expect: 100-continue`` and the socket not paused, is held back from aiohttp's ``send``,
+    which then takes its no-body way and writes the head at once, and is written to the
+    connection's transport right after it.
+
+    Relies on ``ClientRequest._body`` (a ``BytesPayload`` holding ``_value``) and ``_continue``
+    (private), and on ``send`` writing the head itself when the body is ``None`` (its source:
+    ``if self._body or self._continue is not None or protocol.writing_paused``); guarded by
+    ``tests/test_internals.py``, listed in ``docs/internals.md``. Anything else, and every
+    request from Python 3.12 on, is aiohttp's own ``send``.
+    """
+
+    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        body = self._body
+        protocol = conn.protocol
+        if (
+            AIOHTTP_WRITES_BODIES_EAGERLY
+            or not isinstance(body, BytesPayload)
+            or not isinstance(body._value, bytes)
+            or len(body._value) > BODY_WITH_HEAD_MAX_BYTES
+            or self._continue is not None
+            or protocol is None
+            or protocol.writing_paused
+        ):
+            return await super().send(conn)
+        self._body = None
+        try:
+            response = await super().send(conn)
+        finally:
+            self._body = body
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        transport.write(body._value)
+        return response
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (its connection pool), opened on the first request's event loop.
 
@@ -102,6 +157,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
         return aiohttp.ClientSession(
             connector=connector,
+            request_class=BodyWithHeadRequest,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
         )
