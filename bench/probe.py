@@ -6,6 +6,8 @@ bench's fifteen):
   ``--streams`` held-open streams; RSS growth per stream, then the median per target.
 - ``python -m bench.probe steady [--runs 4] [--streams 50] [targets...]``: ``steady N``
   rounds, the targets alternating, as the bench runs them.
+- ``python -m bench.probe resume [--runs 4] [--streams 50]``: ``make bench``'s resume scenario
+  (two workers of the project; ``--streams`` clients drop and reattach through the other).
 
 Targets: the bench's (``chatsite``, ``chatsite-stock``, the peers) and ``chatsite-nometrics``
 (the site with ``CHAT_METRICS=0``, to see what recording the metrics costs).
@@ -30,6 +32,8 @@ from bench.run import (
     cold_rss,
     free_port,
     pinned,
+    resume_scenario,
+    resume_summary,
     run_streams,
     steady,
     summary,
@@ -37,6 +41,16 @@ from bench.run import (
 )
 
 VARIANTS = {**CHATSITE, "chatsite-nometrics": {"CHAT_FAST_PATH": "1", "CHAT_METRICS": "0"}}
+
+
+class TokensOnly:
+    """What resume_scenario reads of the bench's chatsite target: its API tokens."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+
+    def token(self, index: int) -> str:
+        return self.tokens[index % len(self.tokens)]
 
 
 def target_for(name: str, env: dict[str, str], base: dict[str, str], tokens: list[str]) -> Target:
@@ -69,7 +83,18 @@ async def probe(scenario: str, names: list[str], runs: int, streams: int) -> Non
             targets = [target_for(name, env, base, tokens) for name in names]
             for target in targets:
                 await run_streams(target, upstream_port, burst(ids, 20, tokens=5))
-        for _ in range(runs):
+        for _ in range(runs if scenario == "resume" else 0):
+            result = await resume_scenario(
+                # Only its tokens are used: the scenario starts its own two workers.
+                env,
+                TokensOnly(tokens),
+                upstream_port,
+                ids,
+                streams,
+            )
+            print(f"{'resume':>18}: {resume_summary(result)}", flush=True)
+            found.setdefault("resume", []).append(result)
+        for _ in range(0 if scenario == "resume" else runs):
             for index, name in enumerate(names):
                 if scenario == "steady":
                     await asyncio.sleep(0.5)
@@ -92,7 +117,12 @@ async def probe(scenario: str, names: list[str], runs: int, streams: int) -> Non
             target.stop()
         upstream.terminate()
     for name, results in found.items():
-        if scenario == "steady":
+        if not results:
+            continue
+        if scenario == "resume":
+            p99 = [r["latency_ms"]["p99"] for r in results]
+            print(f"{name:>18}: p99 per run {', '.join(f'{v:.1f}' for v in p99)} ms")
+        elif scenario == "steady":
             cpu = statistics.mean(r["cpu_ms_per_1k_tokens"] for r in results)
             ttft = statistics.mean(r["ttft_overhead_ms"]["p50"] for r in results)
             print(f"{name:>18}: mean CPU {cpu:.1f} ms per 1k tokens, TTFT overhead p50 {ttft:.1f}")
@@ -103,7 +133,7 @@ async def probe(scenario: str, names: list[str], runs: int, streams: int) -> Non
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=["cold", "steady"])
+    parser.add_argument("scenario", choices=["cold", "steady", "resume"])
     parser.add_argument("targets", nargs="*")
     parser.add_argument("--runs", type=int)
     parser.add_argument("--streams", type=int)
@@ -112,7 +142,8 @@ if __name__ == "__main__":
     asyncio.run(
         probe(
             args.scenario,
-            args.targets or ["chatsite", "passthrough"],
+            args.targets
+            or (["chatsite"] if args.scenario == "resume" else ["chatsite", "passthrough"]),
             args.runs or (3 if cold else 4),
             args.streams or (200 if cold else 50),
         )
