@@ -32,7 +32,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase, ResponseHeaders
 from django.urls import get_resolver
 
-from chatsite.lifecycle import CURRENT, Handling, arun_shutdown
+from chatsite.lifecycle import CURRENT, Handling, arun_shutdown, arun_startup
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -396,13 +396,16 @@ async def send_plain(response: HttpResponse, send: Send) -> None:
 
 
 async def lifespan(receive: Receive, send: Send) -> None:
-    """ASGI lifespan, which Django's handler refuses: nothing to do at startup; at shutdown,
-    what ``chatsite.lifecycle.run_at_shutdown`` registered (the replies still running are
-    saved ``interrupted``). uvicorn sends it once the graceful-shutdown timeout has passed,
-    and then exits at once, before any task it leaves behind could save anything."""
+    """ASGI lifespan, which Django's handler refuses: at startup, what
+    ``chatsite.lifecycle.run_at_startup`` registered (the connections every request needs are
+    opened); at shutdown, what ``chatsite.lifecycle.run_at_shutdown`` registered (the replies
+    still running are saved ``interrupted``). uvicorn sends the shutdown once the
+    graceful-shutdown timeout has passed, and then exits at once, before any task it leaves
+    behind could save anything."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            await arun_startup()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await arun_shutdown()

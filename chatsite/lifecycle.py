@@ -1,5 +1,5 @@
 """What a request leaves for the moment it has been handled to the end, and what the process
-does when it is told to stop.
+does when it starts serving and when it is told to stop.
 
 Django's ASGI handler drops a response that the client left before it was sent (a disconnect
 while a middleware or the first ``send`` is awaited): its body is never iterated, so an async
@@ -10,6 +10,7 @@ itself is cancelled (a server shutting down), which each reply handles on its ow
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
@@ -77,6 +78,27 @@ def run_after_request(callback: AfterRequest) -> bool:
 
 AtShutdown = Callable[[], Awaitable[None]]
 _AT_SHUTDOWN: list[AtShutdown] = []
+AtStartup = Callable[[], Awaitable[None]]
+_AT_STARTUP: list[AtStartup] = []
+STARTUP_SECONDS = 5.0
+"""How long each startup callback may take before the process serves without it."""
+
+
+def run_at_startup(callback: AtStartup) -> None:
+    """Await ``callback`` before the server sends this process its first request (ASGI
+    lifespan startup), for at most STARTUP_SECONDS. It is preparation, not a precondition: if
+    it fails or takes longer, that is logged and the process serves anyway (``/readyz`` tells
+    whether the database and Redis answer)."""
+    _AT_STARTUP.append(callback)
+
+
+async def arun_startup() -> None:
+    for callback in _AT_STARTUP:
+        try:
+            async with asyncio.timeout(STARTUP_SECONDS):
+                await callback()
+        except Exception:
+            logger.warning("preparing to serve failed; serving anyway", exc_info=True)
 
 
 def run_at_shutdown(callback: AtShutdown) -> None:

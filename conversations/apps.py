@@ -25,8 +25,11 @@ class ConversationsConfig(AppConfig):
                 raise ImproperlyConfigured(f"{name}: {error}") from None
         stream_slots()
 
-        from chatsite.lifecycle import run_at_shutdown
+        from chatsite.lifecycle import run_at_shutdown, run_at_startup
 
+        from . import asyncdb, redis_client
         from .replies.running import replies_ainterrupt_running
 
+        run_at_startup(asyncdb.apool_open)
+        run_at_startup(redis_client.aconnect)
         run_at_shutdown(replies_ainterrupt_running)

@@ -74,6 +74,13 @@ async def pool() -> AsyncConnectionPool:
     return await opening
 
 
+async def apool_open() -> None:
+    """Open this event loop's pool and wait for its first connection: at startup
+    (``chatsite.lifecycle.run_at_startup``), so that no request waits for it to connect."""
+    if available():
+        await (await pool()).wait()
+
+
 def pools_stats() -> dict[str, int]:
     """psycopg_pool's own figures (``get_stats``: open, idle, waiting…) for this process's
     opened pools, added up; read without I/O, for /metrics (``chatsite.metrics``)."""

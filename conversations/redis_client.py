@@ -33,5 +33,12 @@ def sync_redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+async def aconnect() -> None:
+    """Open a connection of this process's client, if it has Redis: at startup
+    (``chatsite.lifecycle.run_at_startup``), so that no request waits for it to connect."""
+    if settings.REDIS_URL:
+        await redis_client().ping()
+
+
 def key_prefix() -> str:
     return str(settings.CACHES["default"].get("KEY_PREFIX", "chatsite"))

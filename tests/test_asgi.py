@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 from collections.abc import Callable
 from urllib.parse import urlencode
@@ -325,6 +326,52 @@ def test_a_serving_worker_leaves_request_started_without_djangos_receivers_until
     assert answers == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert listened == {"before": True, "serving": False}
     assert {r() for _, r, _ in request_started.receivers} == {close_old_connections, reset_queries}
+
+
+def test_startup_work_that_fails_or_hangs_is_logged_and_the_worker_serves_anyway(
+    monkeypatch, caplog
+):
+    """A database or Redis out of reach at startup does not keep the worker from serving: its
+    requests get their 503s, and /readyz says why."""
+    from chatsite import lifecycle
+
+    done: list[str] = []
+    answers: list[str] = []
+
+    async def fails() -> None:
+        raise OSError("connection refused")
+
+    async def hangs() -> None:
+        await asyncio.sleep(60)
+
+    async def prepares() -> None:
+        done.append("prepared")
+
+    monkeypatch.setattr(lifecycle, "_AT_STARTUP", [fails, hangs, prepares])
+    monkeypatch.setattr(lifecycle, "STARTUP_SECONDS", 0.2)
+
+    async def start() -> None:
+        messages: asyncio.Queue[dict] = asyncio.Queue()
+        started = asyncio.Event()
+
+        async def send(message: dict) -> None:
+            answers.append(message["type"])
+            started.set()
+
+        serving = asyncio.ensure_future(application({"type": "lifespan"}, messages.get, send))
+        await messages.put({"type": "lifespan.startup"})
+        await started.wait()
+        await messages.put({"type": "lifespan.shutdown"})
+        await serving
+
+    with caplog.at_level(logging.WARNING, logger="chatsite.lifecycle"):
+        run_in_new_loop(start())
+
+    assert answers == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert done == ["prepared"]
+    failures = [r for r in caplog.records if r.name == "chatsite.lifecycle"]
+    assert [r.getMessage() for r in failures] == ["preparing to serve failed; serving anyway"] * 2
+    assert [type(r.exc_info[1]) for r in failures] == [OSError, TimeoutError]
 
 
 def test_threads_given_back_hold_no_database_connection(user, make_user, transactional_db):

@@ -135,6 +135,19 @@ def test_a_reply_shows_while_it_streams_and_is_counted_once_it_ends(
         assert ("chatsite_redis_connections", frozenset({("pool", "client")})) not in after
 
 
+def test_a_fresh_worker_opens_its_connections_before_its_first_request(start_server):
+    """Its first API request waits for no connection to open (the resume bench's slowest
+    reconnect was a fresh worker's first)."""
+    fresh = start_server("fresh", CACHE_KEY_PREFIX=f"fresh-{uuid.uuid4().hex}")
+
+    first = scrape(fresh.url)
+
+    if os.environ.get("CHAT_FAST_PATH", "1") == "1":  # the token lookup's pool
+        assert value(first, "chatsite_db_connections", pool="async") >= 1
+    if os.environ.get("REDIS_URL"):
+        assert value(first, "chatsite_redis_connections", pool="client") >= 1
+
+
 def test_an_upstream_failure_is_counted_by_its_code(metered, fake_upstream, make_user):
     fake_upstream.script("metered failure", status=429)
     before = scrape(metered.url)
