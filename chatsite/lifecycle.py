@@ -79,26 +79,29 @@ def run_after_request(callback: AfterRequest) -> bool:
 AtShutdown = Callable[[], Awaitable[None]]
 _AT_SHUTDOWN: list[AtShutdown] = []
 AtStartup = Callable[[], Awaitable[None]]
-_AT_STARTUP: list[AtStartup] = []
+_AT_STARTUP: list[tuple[AtStartup, str]] = []
 STARTUP_SECONDS = 5.0
 """How long each startup callback may take before the process serves without it."""
 
 
-def run_at_startup(callback: AtStartup) -> None:
+def run_at_startup(callback: AtStartup, *, purpose: str) -> None:
     """Await ``callback`` before the server sends this process its first request (ASGI
     lifespan startup), for at most STARTUP_SECONDS. It is preparation, not a precondition: if
-    it fails or takes longer, that is logged and the process serves anyway (``/readyz`` tells
-    whether the database and Redis answer)."""
-    _AT_STARTUP.append(callback)
+    it fails or takes longer, one warning names ``purpose`` and the kind of failure (an
+    outage is not a bug: no traceback, no error text, which may hold an address) and the
+    process serves anyway (``/readyz`` tells whether the database and Redis answer)."""
+    _AT_STARTUP.append((callback, purpose))
 
 
 async def arun_startup() -> None:
-    for callback in _AT_STARTUP:
+    for callback, purpose in _AT_STARTUP:
         try:
             async with asyncio.timeout(STARTUP_SECONDS):
                 await callback()
-        except Exception:
-            logger.warning("preparing to serve failed; serving anyway", exc_info=True)
+        except Exception as error:
+            logger.warning(
+                "could not %s before serving (%s); serving anyway", purpose, type(error).__name__
+            )
 
 
 def run_at_shutdown(callback: AtShutdown) -> None:

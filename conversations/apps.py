@@ -30,6 +30,6 @@ class ConversationsConfig(AppConfig):
         from . import asyncdb, redis_client
         from .replies.running import replies_ainterrupt_running
 
-        run_at_startup(asyncdb.apool_open)
-        run_at_startup(redis_client.aconnect)
+        run_at_startup(asyncdb.apool_open, purpose="open the database pool")
+        run_at_startup(redis_client.aconnect, purpose="connect to Redis")
         run_at_shutdown(replies_ainterrupt_running)

@@ -78,7 +78,8 @@ async def apool_open() -> None:
     """Open this event loop's pool and wait for its first connection: at startup
     (``chatsite.lifecycle.run_at_startup``), so that no request waits for it to connect."""
     if available():
-        await (await pool()).wait()
+        opened = await pool()
+        await opened.wait(timeout=opened.timeout)
 
 
 def pools_stats() -> dict[str, int]:

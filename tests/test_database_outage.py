@@ -83,5 +83,6 @@ def test_an_outage_is_logged_once_without_tracebacks(server_without_database):
 
     log = server_without_database.log()
     assert log.count("the database is unavailable") == 1
+    assert "could not open the database pool before serving (PoolTimeout)" in log  # at startup
     assert "Traceback" not in log
     assert " ERROR " in log
