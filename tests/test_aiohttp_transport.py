@@ -43,6 +43,14 @@ def test_aiohttp_errors_become_the_most_specific_httpx_error(error, expected):
     assert str(mapped)
 
 
+def ok_response(body: bytes) -> bytes:
+    """A 200 with ``body``, after which the server closes the connection."""
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+
 async def get_over_tls(authority: trustme.CA) -> httpx.Response:
     """GET / from a loopback HTTPS server whose certificate ``authority`` issued."""
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -51,7 +59,7 @@ async def get_over_tls(authority: trustme.CA) -> httpx.Response:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            writer.write(ok_response(b"ok"))
             await writer.drain()
         finally:
             writer.close()
@@ -99,10 +107,7 @@ async def get_with_proxy_env(
                 head = await reader.readuntil(b"\r\n\r\n")
                 if seen is not None:
                     seen.append(head.split(b"\r\n", 1)[0])
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                    % (len(name), name)
-                )
+                writer.write(ok_response(name))
                 await writer.drain()
             finally:
                 writer.close()
@@ -163,11 +168,7 @@ async def post_watching_tasks(body: bytes) -> tuple[bytes, bytes, list[str]]:
             head = await reader.readuntil(b"\r\n\r\n")
             heads.append(head)
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            read = await reader.readexactly(length)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (len(read), read)
-            )
+            writer.write(ok_response(await reader.readexactly(length)))
             await writer.drain()
         finally:
             writer.close()

@@ -299,11 +299,10 @@ def test_a_request_waiting_between_its_thread_sensitive_calls_holds_no_thread(tr
     ]
 
 
-def test_a_serving_worker_leaves_request_started_without_djangos_receivers_until_it_stops():
-    """A signal with no receivers costs no hop to a thread before every view; the worker's
-    lifespan takes Django's two away while it serves and gives them back when it stops."""
+def start_serve_and_stop(while_serving: Callable[[], None] = lambda: None) -> list[str]:
+    """The application's ASGI lifespan, as uvicorn drives it: startup, ``while_serving``
+    once startup is answered, then shutdown; the answers it sent."""
     answers: list[str] = []
-    listened: dict[str, bool] = {}
 
     async def serve_and_stop() -> None:
         messages: asyncio.Queue[dict] = asyncio.Queue()
@@ -316,12 +315,23 @@ def test_a_serving_worker_leaves_request_started_without_djangos_receivers_until
         serving = asyncio.ensure_future(application({"type": "lifespan"}, messages.get, send))
         await messages.put({"type": "lifespan.startup"})
         await started.wait()
-        listened["serving"] = request_started.has_listeners()
+        while_serving()
         await messages.put({"type": "lifespan.shutdown"})
         await serving
 
-    listened["before"] = request_started.has_listeners()
     run_in_new_loop(serve_and_stop())
+    return answers
+
+
+def test_a_serving_worker_leaves_request_started_without_djangos_receivers_until_it_stops():
+    """A signal with no receivers costs no hop to a thread before every view; the worker's
+    lifespan takes Django's two away while it serves and gives them back when it stops."""
+    listened: dict[str, bool] = {"before": request_started.has_listeners()}
+
+    def listening() -> None:
+        listened["serving"] = request_started.has_listeners()
+
+    answers = start_serve_and_stop(listening)
 
     assert answers == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert listened == {"before": True, "serving": False}
@@ -336,7 +346,6 @@ def test_startup_work_that_fails_or_hangs_is_logged_and_the_worker_serves_anyway
     from chatsite import lifecycle
 
     done: list[str] = []
-    answers: list[str] = []
 
     async def fails() -> None:
         raise OSError("connection refused")
@@ -352,22 +361,8 @@ def test_startup_work_that_fails_or_hangs_is_logged_and_the_worker_serves_anyway
     )
     monkeypatch.setattr(lifecycle, "STARTUP_SECONDS", 0.2)
 
-    async def start() -> None:
-        messages: asyncio.Queue[dict] = asyncio.Queue()
-        started = asyncio.Event()
-
-        async def send(message: dict) -> None:
-            answers.append(message["type"])
-            started.set()
-
-        serving = asyncio.ensure_future(application({"type": "lifespan"}, messages.get, send))
-        await messages.put({"type": "lifespan.startup"})
-        await started.wait()
-        await messages.put({"type": "lifespan.shutdown"})
-        await serving
-
     with caplog.at_level(logging.WARNING, logger="chatsite.lifecycle"):
-        run_in_new_loop(start())
+        answers = start_serve_and_stop()
 
     assert answers == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert done == ["prepared"]
