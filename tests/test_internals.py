@@ -387,6 +387,8 @@ def test_aiohttp_client_request_sends_its_head_itself_when_it_holds_no_body():
     assert isinstance(request._body, BytesPayload)
     assert request._body._value == b'{"a": 1}'
     assert request._continue is None
+    assert request.chunked is None  # a body of known length: not chunked, as the shortcut needs
+    assert "if self.chunked is not None:\n            writer.enable_chunking()" in send
 
 
 def test_the_sdk_posts_a_raw_streaming_request_to_any_path():

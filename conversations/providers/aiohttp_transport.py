@@ -80,10 +80,10 @@ class BodyWithHeadRequest(aiohttp.ClientRequest):
     next turn. On a busy loop that turn comes after every callback already queued: at steady 50
     the new stream's request reached the model service 1.7 ms (p50) after it was sent, a third
     of the TTFT overhead above the floor (``python -m bench.probe steady`` with server-side
-    timestamps). Here a bytes body of up to BODY_WITH_HEAD_MAX_BYTES, with no
-    ``Expect: 100-continue`` and the socket not paused, is held back from aiohttp's ``send``,
-    which then takes its no-body way and writes the head at once, and is written to the
-    connection's transport right after it.
+    timestamps). Here a bytes body of up to BODY_WITH_HEAD_MAX_BYTES, sent with its length
+    (not chunked), with no ``Expect: 100-continue`` and the socket not paused, is held back
+    from aiohttp's ``send``, which then takes its no-body way and writes the head at once, and
+    is written to the connection's transport right after it.
 
     Relies on ``ClientRequest._body`` (a ``BytesPayload`` holding ``_value``) and ``_continue``
     (private), and on ``send`` writing the head itself when the body is ``None`` (its source:
@@ -101,6 +101,7 @@ class BodyWithHeadRequest(aiohttp.ClientRequest):
             or not isinstance(body._value, bytes)
             or len(body._value) > BODY_WITH_HEAD_MAX_BYTES
             or self._continue is not None
+            or self.chunked is not None  # chunked framing (or compression) is aiohttp's to write
             or protocol is None
             or protocol.writing_paused
         ):
