@@ -43,16 +43,6 @@ from bench.run import (
 VARIANTS = {**CHATSITE, "chatsite-nometrics": {"CHAT_FAST_PATH": "1", "CHAT_METRICS": "0"}}
 
 
-class TokensOnly:
-    """What resume_scenario reads of the bench's chatsite target: its API tokens."""
-
-    def __init__(self, tokens: list[str]) -> None:
-        self.tokens = tokens
-
-    def token(self, index: int) -> str:
-        return self.tokens[index % len(self.tokens)]
-
-
 def target_for(name: str, env: dict[str, str], base: dict[str, str], tokens: list[str]) -> Target:
     if name in VARIANTS:
         return Target(
@@ -71,7 +61,8 @@ async def probe(scenario: str, names: list[str], runs: int, streams: int) -> Non
     upstream = subprocess.Popen(
         pinned(CLIENT_CPU, [PYTHON, "-m", "bench.upstream", "--port", str(upstream_port)]), cwd=ROOT
     )
-    found: dict[str, list[dict]] = {name: [] for name in names}
+    reported = ["resume"] if scenario == "resume" else names
+    found: dict[str, list[dict]] = {name: [] for name in reported}
     targets: list[Target] = []
     try:
         wait_for_port(upstream_port, upstream)
@@ -83,42 +74,40 @@ async def probe(scenario: str, names: list[str], runs: int, streams: int) -> Non
             targets = [target_for(name, env, base, tokens) for name in names]
             for target in targets:
                 await run_streams(target, upstream_port, burst(ids, 20, tokens=5))
-        for _ in range(runs if scenario == "resume" else 0):
-            result = await resume_scenario(
-                # Only its tokens are used: the scenario starts its own two workers.
-                env,
-                TokensOnly(tokens),
-                upstream_port,
-                ids,
-                streams,
-            )
-            print(f"{'resume':>18}: {resume_summary(result)}", flush=True)
-            found.setdefault("resume", []).append(result)
-        for _ in range(0 if scenario == "resume" else runs):
-            for index, name in enumerate(names):
-                if scenario == "steady":
-                    await asyncio.sleep(0.5)
-                    result = await run_streams(targets[index], upstream_port, steady(ids, streams))
-                    print(f"{name:>18}: {summary(result)}", flush=True)
-                else:
-                    template = target_for(name, env, base, tokens)
-                    try:
-                        result = await cold_rss(template, upstream_port, ids, streams)
-                    finally:
-                        template.stop()
-                    print(
-                        f"{name:>18}: {result['rss_kb_per_stream']:.1f} KB per stream"
-                        f" (errors {result['errors']})",
-                        flush=True,
-                    )
-                found[name].append(result)
+        if scenario == "resume":
+            for _ in range(runs):
+                # The scenario starts its own two workers of the project, with the bench's tokens.
+                result = await resume_scenario(
+                    env, lambda index: tokens[index % len(tokens)], upstream_port, ids, streams
+                )
+                print(f"{'resume':>18}: {resume_summary(result)}", flush=True)
+                found["resume"].append(result)
+        else:
+            for _ in range(runs):
+                for index, name in enumerate(names):
+                    if scenario == "steady":
+                        await asyncio.sleep(0.5)
+                        result = await run_streams(
+                            targets[index], upstream_port, steady(ids, streams)
+                        )
+                        print(f"{name:>18}: {summary(result)}", flush=True)
+                    else:
+                        template = target_for(name, env, base, tokens)
+                        try:
+                            result = await cold_rss(template, upstream_port, ids, streams)
+                        finally:
+                            template.stop()
+                        print(
+                            f"{name:>18}: {result['rss_kb_per_stream']:.1f} KB per stream"
+                            f" (errors {result['errors']})",
+                            flush=True,
+                        )
+                    found[name].append(result)
     finally:
         for target in targets:
             target.stop()
         upstream.terminate()
     for name, results in found.items():
-        if not results:
-            continue
         if scenario == "resume":
             p99 = [r["latency_ms"]["p99"] for r in results]
             print(f"{name:>18}: p99 per run {', '.join(f'{v:.1f}' for v in p99)} ms")

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -464,7 +465,9 @@ async def main(quick: bool, only: list[str] | None) -> dict:
                     await run_streams(target, upstream_port, disconnect_churn(ids, *plan["churn"])),
                 )
         if targets and targets[0].name == "chatsite":
-            resumed = await resume_scenario(env, targets[0], upstream_port, ids, plan["resume"])
+            resumed = await resume_scenario(
+                env, targets[0].token, upstream_port, ids, plan["resume"]
+            )
             print(f"{'resume':>22} {'chatsite':>12}: {resume_summary(resumed)}", flush=True)
         for target in targets:
             cold[target.name] = await cold_rss(target, upstream_port, ids, plan["cold"])
@@ -511,7 +514,11 @@ async def cold_rss(target: Target, upstream_port: int, ids: Ids, streams: int) -
 
 
 async def resume_scenario(
-    env: dict[str, str], chatsite: Target, upstream_port: int, ids: Ids, clients: int
+    env: dict[str, str],
+    token_for: Callable[[int], str | None],
+    upstream_port: int,
+    ids: Ids,
+    clients: int,
 ) -> dict:
     """Two chatsite workers sharing Redis, with the default detach grace; clients drop after
     10 tokens on one and resume on the other (bench/resume.py)."""
@@ -521,7 +528,7 @@ async def resume_scenario(
     try:
         await upstream_idle(upstream_port)
         return await resume.resume_run(
-            one.port, two.port, chatsite.token, clients=clients, ids=ids.take(clients)
+            one.port, two.port, token_for, clients=clients, ids=ids.take(clients)
         )
     finally:
         one.stop()
